@@ -1,0 +1,203 @@
+"""The benchmark harness: every variant through the runner registry, each in its own process.
+
+For each variant a fresh worker process (`python -m kfopt.bench`) loads the runner, predicts the
+test split (for accuracy and verification), then times each batch size: warm-up, then timed runs
+until the 95% confidence interval of the median is within `target_ci` of it, or `max_seconds`
+pass. A separate process per variant keeps one runtime's thread pools and compiled graphs from
+leaking into another's figures, and gives a clean peak-memory reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kfopt import fingerprint, variant, verify
+from kfopt.data import dataset as ds_mod
+
+
+def median_ci(samples: np.ndarray) -> float:
+    """Half-width of the distribution-free 95% CI of the median, relative to the median."""
+    n = len(samples)
+    if n < 6:
+        return math.inf
+    s = np.sort(samples)
+    half = 1.96 * math.sqrt(n) / 2
+    lo, hi = max(0, int(math.floor(n / 2 - half))), min(n - 1, int(math.ceil(n / 2 + half)))
+    med = float(np.median(s))
+    return float((s[hi] - s[lo]) / 2 / med) if med > 0 else math.inf
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, min_runs: int, max_seconds: float,
+               target_ci: float) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        if len(times) >= min_runs and (time.perf_counter() > deadline or
+                                       (len(times) % 10 == 0 and median_ci(np.array(times)) <= target_ci)):
+            break
+        if len(times) >= 5 and time.perf_counter() > deadline + max_seconds:
+            break  # a very slow variant: stop at 2× the limit with fewer samples, recorded below
+    arr = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
+            "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()), "std_ms": float(arr.std()),
+            "samples": len(arr), "ci95_rel": median_ci(arr / 1e3)}
+
+
+def sizes(variant_dir: Path, meta: variant.VariantMeta) -> dict[str, int]:
+    blobs = [(Path(variant_dir) / rel).read_bytes() for rel in sorted(meta.files)]
+    return {"size_bytes": sum(len(b) for b in blobs),
+            "size_gzip_bytes": len(gzip.compress(b"".join(blobs), compresslevel=9, mtime=0))}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def predict_all(runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([runner.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int], threads: int,
+                    warmup: int, min_runs: int, max_seconds: float, target_ci: float,
+                    predictions_out: Path) -> dict[str, Any]:
+    """Runs inside the worker process."""
+    from kfopt import formats
+
+    rss_before = _rss_mb()
+    runner = formats.load(variant_dir, threads=threads or None)
+    meta = runner.meta
+    x, y = ds_mod.read(dataset_dir).split("test")
+    probs = predict_all(runner, x)
+    np.save(predictions_out, probs)
+    result: dict[str, Any] = {**verify.quality(probs, y, meta.task), "latency": {}}
+    rng = np.random.default_rng(0)
+    for bs in batch_sizes:
+        batch = x[rng.choice(len(x), size=bs, replace=bs > len(x))]
+        stats = time_calls(lambda: runner.predict(batch), warmup=warmup, min_runs=min_runs,
+                           max_seconds=max_seconds, target_ci=target_ci)
+        stats["throughput"] = bs / (stats["p50_ms"] / 1e3)
+        result["latency"][str(bs)] = stats
+    result["peak_rss_mb"] = _rss_mb()
+    result["load_rss_mb"] = result["peak_rss_mb"] - rss_before
+    return result
+
+
+def _run_worker(variant_dir: Path, dataset_dir: Path, settings: dict[str, Any], predictions_out: Path,
+                timeout: float) -> dict[str, Any]:
+    args = {"variant_dir": str(variant_dir), "dataset_dir": str(dataset_dir), "predictions_out": str(predictions_out),
+            **settings}
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        proc = subprocess.run([sys.executable, "-m", "kfopt.bench", json.dumps(args), out.name],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return {"status": "failed", "reason": lines[-1] if lines else f"worker exited with {proc.returncode}"}
+        return {"status": "ok", **json.loads(Path(out.name).read_text())}
+
+
+def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline_dir: Path,
+        batch_sizes: list[int], threads: int = 1, warmup: int = 20, min_runs: int = 30, max_seconds: float = 2.0,
+        target_ci: float = 0.02, accuracy_budget: float = 0.5, min_agreement: float = 0.97,
+        hardware: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Benchmark every variant found under `variant_roots` whose format runs on `hardware`.
+
+    Variants needing other hardware are left for the benchmark task on that pool; variants that were
+    skipped upstream keep their reason. Writes results.json (+ predictions/) into out_dir.
+    """
+    from kfopt import formats
+
+    settings = {"batch_sizes": batch_sizes, "threads": threads, "warmup": warmup, "min_runs": min_runs,
+                "max_seconds": max_seconds, "target_ci": target_ci}
+    env = fingerprint.collect()
+    results: list[dict[str, Any]] = []
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        (tmp / "predictions").mkdir()
+        base_meta = variant.read(baseline_dir)
+        y = ds_mod.read(dataset_dir).split("test")[1]
+        base: dict[str, Any] = {}
+
+        def baseline_probs() -> np.ndarray:
+            """Evaluated once, and only if something here is measured against it."""
+            path = tmp / "predictions" / "baseline.npy"
+            if not base and path.exists():  # the baseline was measured as a row already
+                base.update({"status": "ok", "accuracy": verify.quality(np.load(path), y, base_meta.task)["accuracy"]})
+            if not base:
+                base.update(_run_worker(baseline_dir, dataset_dir, {**settings, "batch_sizes": []}, path, 600))
+                if base["status"] != "ok":
+                    raise RuntimeError(f"The baseline could not be evaluated: {base['reason']}")
+            return np.load(path)
+
+        seen = set()
+        missing = formats.device_missing(hardware) if hardware != "cpu" else None
+        for root in variant_roots:
+            for vdir in variant.discover(Path(root)):
+                meta = variant.read(vdir, verify=False)
+                if meta.name in seen:
+                    continue
+                seen.add(meta.name)
+                fmt = formats.FORMATS.get(meta.format)
+                if fmt is not None and hardware not in fmt.hardware:
+                    continue  # measured by the benchmark task on its own node pool
+                row = {"name": meta.name, "format": meta.format, "precision": meta.precision, "target": meta.target,
+                       "technique": meta.technique, "parent": meta.parent, "params": meta.params,
+                       "extra": meta.extra, "hardware": hardware, "threads": threads}
+                if meta.skipped or missing:
+                    results.append({**row, "status": "skipped", "reason": meta.reason or missing})
+                    log(f"  {meta.name:<24} skipped: {meta.reason or missing}")
+                    continue
+                try:
+                    variant.read(vdir)  # checksums, before anything is measured
+                except Exception as exc:  # noqa: BLE001 - a broken artifact is a row, not a crash
+                    results.append({**row, "status": "failed", "reason": str(exc)})
+                    continue
+                pred_path = tmp / "predictions" / f"{meta.name}.npy"
+                start = time.perf_counter()
+                measured = _run_worker(vdir, dataset_dir, settings, pred_path, 900)
+                row.update(measured)
+                row.update(sizes(vdir, meta))
+                if measured["status"] == "ok":
+                    row["verification"] = verify.compare(np.load(pred_path), baseline_probs(), y, meta.task,
+                                                         accuracy_budget, min_agreement)
+                    log(f"  {meta.name:<24} acc {row['accuracy']:.4f}  p50@1 "
+                        f"{row['latency'].get('1', {}).get('p50_ms', float('nan')):.3f} ms  "
+                        f"({time.perf_counter() - start:.1f}s)")
+                else:
+                    log(f"  {meta.name:<24} FAILED: {measured['reason']}")
+                results.append(row)
+        summary = {"hardware": hardware, "environment": env, "settings": settings,
+                   "budget": {"accuracy_budget_pp": accuracy_budget, "min_agreement": min_agreement},
+                   "baseline": {"name": base_meta.name, "accuracy": base.get("accuracy")}, "results": results}
+        (tmp / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _worker_main(argv: list[str]) -> int:
+    args = json.loads(argv[0])
+    out = Path(argv[1])
+    result = measure_variant(Path(args["variant_dir"]), Path(args["dataset_dir"]), args["batch_sizes"],
+                             args["threads"], args["warmup"], args["min_runs"], args["max_seconds"],
+                             args["target_ci"], Path(args["predictions_out"]))
+    out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

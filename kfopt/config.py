@@ -1,0 +1,258 @@
+"""Typed run configuration, loaded from YAML (config/*.yaml) and validated with clear errors.
+
+The same settings are the pipeline's parameters: `pipeline_params(cfg)` flattens the configuration
+into the typed parameters a user sets in the Kubeflow UI (see PARAMS), so `kfopt run --config`,
+`kfopt compile --config` and the UI agree on names, types and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kfopt.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "digits"  # bundled name (digits, breast_cancer) or a CSV/NPZ path or gs:// URI
+    label_column: str = "label"  # for CSV input
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 42
+    min_samples: int = 50
+    limit: int = 0  # keep only this many samples (stratified); 0 keeps all
+    normalize: bool = True  # standardize with train statistics (recorded in schema.json)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    enabled: bool = True
+    factor: float = 1.0  # augmented copies per training sample (0.5 = half the samples once)
+    seed: int = 7
+    max_shift: int = 1  # pixels, images only
+    max_rotation: float = 10.0  # degrees, images only
+    noise_std: float = 0.03  # in normalized feature units
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    architecture: str = "digits_cnn"
+    uri: str = ""  # an already trained Keras model (.keras or SavedModel); skips training
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    patience: int = 4
+    mixed_precision: str = "none"  # none | mixed_bfloat16
+    seed: int = 1
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    tflite: bool = True
+    onnx: bool = True
+    opset: int = 17
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
+    threads: int = 1  # intra-op threads per runtime
+    warmup: int = 20
+    min_runs: int = 30
+    max_seconds: float = 2.0  # per variant and batch size
+    target_ci: float = 0.02  # stop once the median's 95% CI is within ±2%
+
+
+@dataclasses.dataclass
+class VerifyConfig:
+    accuracy_budget: float = 0.5  # percentage points of test accuracy a variant may lose
+    min_agreement: float = 0.97  # top-1 agreement with the baseline's predictions
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["cpu", "edge", "gpu", "tpu"])
+    # objective per target: latency:<batch> | throughput:<batch> | size
+    objectives: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "cpu": "latency:1", "edge": "size", "gpu": "throughput:64", "tpu": "throughput:64"})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "digits_cnn"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
+    bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    deployment: str = "cpu-only"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}.")
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of {_type_name(item_tp)}, got {value!r}.")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}.")  # a programming error, kept loud
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'the configuration'} must be a mapping of keys to values, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        section = f"section '{where}'" if where else "the top level"
+        raise ConfigError(f"Unknown config key {unknown[0]!r} in {section}; known keys: {', '.join(fields)}.")
+    values = {}
+    for key, value in raw.items():
+        tp = hints[key]
+        path = f"{where}.{key}" if where else key
+        values[key] = _build(tp, value, path) if dataclasses.is_dataclass(tp) else _coerce(value, tp, path)
+    return cls(**values)
+
+
+def from_dict(raw: dict) -> RunConfig:
+    cfg = _build(RunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """`digits_cnn` → config/digits_cnn.yaml; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"Config file {path} does not exist; shipped configs: {', '.join(shipped)}.")
+    return path
+
+
+def load(name_or_path: str | Path) -> RunConfig:
+    path = resolve_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def validate(cfg: RunConfig) -> None:
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    d, t, a, b = cfg.data, cfg.train, cfg.augment, cfg.bench
+    check(0 < d.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}.")
+    check(0 < d.test_fraction < 0.5, f"data.test_fraction must be in (0, 0.5), got {d.test_fraction}.")
+    check(d.val_fraction + d.test_fraction < 0.8, "data.val_fraction + data.test_fraction must leave at least 20% for training.")
+    check(d.limit >= 0, f"data.limit must be 0 (all) or a positive sample count, got {d.limit}.")
+    check(t.epochs >= 1, f"train.epochs must be at least 1, got {t.epochs}.")
+    check(t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}.")
+    check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
+    check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),
+          f"train.mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}.")
+    v = cfg.verify
+    check(v.accuracy_budget >= 0, f"verify.accuracy_budget must be >= 0 percentage points, got {v.accuracy_budget}.")
+    check(0 <= v.min_agreement <= 1, f"verify.min_agreement must be in [0, 1], got {v.min_agreement}.")
+    check(a.factor >= 0, f"augment.factor must be >= 0, got {a.factor}.")
+    check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
+    check(b.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {b.threads}.")
+    from kfopt import select
+
+    for target in cfg.select.targets + list(cfg.select.objectives):
+        check(target in select.TARGET_HARDWARE,
+              f"select: unknown deployment target {target!r}; known: {', '.join(select.TARGET_HARDWARE)}.")
+    for objective in cfg.select.objectives.values():
+        select.parse_objective(objective)
+    from kfopt.models.architectures import ARCHITECTURES  # light module: no TensorFlow at import
+
+    check(bool(cfg.model.uri) or cfg.model.architecture in ARCHITECTURES,
+          f"Unknown model architecture {cfg.model.architecture!r}; known: {', '.join(ARCHITECTURES)}.")
+
+
+# Pipeline parameters: (parameter name, config path, description). The pipeline function in
+# pipelines/kfopt_pipeline.py declares exactly these (tests/test_pipeline_compile.py checks it).
+PARAMS: list[tuple[str, str, str]] = [
+    ("data_uri", "data.source", "Dataset: a bundled name (digits, breast_cancer) or a CSV/NPZ path or gs:// URI."),
+    ("label_column", "data.label_column", "Name of the label column when the data is a CSV."),
+    ("val_fraction", "data.val_fraction", "Fraction of samples held out for validation (early stopping)."),
+    ("test_fraction", "data.test_fraction", "Fraction of samples held out for the test split (accuracy, verification)."),
+    ("split_seed", "data.seed", "Seed of the stratified train/val/test split."),
+    ("sample_limit", "data.limit", "Keep only this many samples (stratified); 0 keeps all."),
+    ("normalize", "data.normalize", "Standardize features with statistics of the training split."),
+    ("augment_enabled", "augment.enabled", "Augment the training split."),
+    ("augment_factor", "augment.factor", "Augmented copies per training sample."),
+    ("augment_seed", "augment.seed", "Seed of the augmentation."),
+    ("model_architecture", "model.architecture", "Model architecture to train (digits_cnn, breast_cancer_mlp, ...)."),
+    ("model_uri", "model.uri", "An already trained Keras model (.keras or SavedModel, local or gs://); empty trains one."),
+    ("epochs", "train.epochs", "Maximum training epochs (early stopping on validation loss)."),
+    ("batch_size", "train.batch_size", "Training batch size."),
+    ("learning_rate", "train.learning_rate", "Adam learning rate."),
+    ("patience", "train.patience", "Early-stopping patience in epochs."),
+    ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (fast on CPU) or mixed_float16 (GPU)."),
+    ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
+    ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
+    ("export_onnx", "export.onnx", "Export the baseline as a float32 ONNX variant."),
+    ("onnx_opset", "export.opset", "ONNX opset of exported graphs."),
+    ("accuracy_budget", "verify.accuracy_budget", "Accuracy (percentage points) a variant may lose vs the baseline and still be chosen."),
+    ("min_agreement", "verify.min_agreement", "Minimum top-1 agreement with the baseline's predictions."),
+    ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),
+    ("bench_threads", "bench.threads", "Intra-op threads per runtime during the benchmark (0 = runtime default)."),
+    ("bench_max_seconds", "bench.max_seconds", "Time limit per variant and batch size for the timed runs."),
+    ("targets", "select.targets", "Deployment targets to choose a variant for (JSON list of cpu, edge, gpu, tpu)."),
+    ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> or size (JSON object)."),
+]
+
+
+def get_path(cfg: RunConfig, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def pipeline_params(cfg: RunConfig) -> dict[str, Any]:
+    """The pipeline arguments this configuration stands for."""
+    return {name: get_path(cfg, path) for name, path, _ in PARAMS}
+
+
+def param_description(name: str) -> str:
+    return {n: d for n, _, d in PARAMS}[name]

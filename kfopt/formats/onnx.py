@@ -1,0 +1,60 @@
+"""ONNX: float32 export from tf-keras (tf2onnx) and an ONNX Runtime runner.
+
+Quantized ONNX variants (QDQ) keep float input and output, so one runner serves them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kfopt import variant
+
+FILENAME = "model.onnx"
+
+
+def from_keras(model, input_spec: variant.TensorSpec, opset: int = 17):
+    """tf2onnx conversion with a dynamic batch; returns the onnx.ModelProto."""
+    import tf2onnx
+
+    from kfopt.tfenv import tf
+
+    signature = (tf().TensorSpec([None, *input_spec.shape[1:]], tf().float32, name=input_spec.name),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    return proto
+
+
+def write_variant(proto, out_dir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
+    import onnx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out / FILENAME))
+    meta.input = variant.TensorSpec(proto.graph.input[0].name, meta.input.shape, "float32")
+    meta.output = variant.TensorSpec(proto.graph.output[0].name, meta.output.shape, "float32")
+    meta.format, meta.framework = "onnx", "onnxruntime"
+    return variant.write(out, meta)
+
+
+class OnnxRunner:
+    def __init__(self, variant_dir: Path, meta: variant.VariantMeta, threads: int | None,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.meta = meta
+        self._session = ort.InferenceSession(str(Path(variant_dir) / FILENAME), options,
+                                             providers=providers or ["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: np.asarray(x, np.float32)})[0]
+
+
+def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> OnnxRunner:
+    return OnnxRunner(variant_dir, meta, threads)

@@ -1,0 +1,52 @@
+"""TensorFlow SavedModel: the baseline's format (also loadable back as a tf-keras model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kfopt import variant
+
+DIRNAME = "saved_model"
+
+
+def save(model, variant_dir: Path) -> Path:
+    """Save a tf-keras model as a SavedModel under variant_dir/saved_model."""
+    path = Path(variant_dir) / DIRNAME
+    model.save(str(path), save_format="tf", include_optimizer=False)
+    return path
+
+
+def load_keras(variant_dir: Path):
+    """The tf-keras model back, for optimization stages (tfmot needs the Keras object)."""
+    from kfopt.tfenv import keras
+
+    return keras().models.load_model(str(Path(variant_dir) / DIRNAME), compile=False)
+
+
+class SavedModelRunner:
+    def __init__(self, variant_dir: Path, meta: variant.VariantMeta, threads: int | None):
+        from kfopt.tfenv import tf
+
+        t = tf()
+        if threads:
+            try:
+                t.config.threading.set_intra_op_parallelism_threads(threads)
+                t.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass  # already initialised in this process; figures record the requested count anyway
+        self.meta = meta
+        self._tf = t
+        loaded = t.saved_model.load(str(Path(variant_dir) / DIRNAME))
+        self._keep = loaded
+        self._fn = loaded.signatures["serving_default"]
+        self._out_key = next(iter(self._fn.structured_outputs))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self._fn(self._tf.constant(x, self._tf.float32))
+        return out[self._out_key].numpy()
+
+
+def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> SavedModelRunner:
+    return SavedModelRunner(variant_dir, meta, threads)

@@ -1,0 +1,84 @@
+"""Run the pipeline on this machine with kfp.local (SubprocessRunner, no containers).
+
+Each run gets runs/<name>-<timestamp>/ with the KFP pipeline root inside and, once the report
+stage finished, report.{json,md,html} copied to the top of the run folder. Task outputs are cached
+under runs/.kfp-cache keyed on inputs and kfopt's code version, so a second run with the same
+settings reuses finished stages.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kfopt import config as cfg_mod
+from kfopt.errors import KfoptError
+
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = True) -> Path:
+    """Run the whole pipeline; return the run folder (holding report.*)."""
+    from kfp import local
+
+    from kfopt import deployment as deploy_mod
+    from pipelines.kfopt_pipeline import build
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    pipeline = build(deploy_mod.load(cfg.deployment))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(runs_dir).resolve() / f"{cfg.name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, error_file = tempfile.mkstemp(prefix="kfopt-error-", suffix=".txt")
+    os.close(fd)
+    os.environ["KFOPT_ERROR_FILE"] = error_file
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline"),
+               raise_on_error=True, enable_caching=cache, cache_root=str(Path(runs_dir).resolve() / ".kfp-cache"))
+    start = time.perf_counter()
+    try:
+        task = pipeline(**cfg_mod.pipeline_params(cfg))
+    except Exception as exc:  # noqa: BLE001 - kfp.local raises RuntimeError for a failed task
+        message = Path(error_file).read_text().strip()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise KfoptError(message or f"The local pipeline failed: {exc}") from None
+    finally:
+        os.environ.pop("KFOPT_ERROR_FILE", None)
+        Path(error_file).unlink(missing_ok=True)
+    report_dir = Path(task.output.path)
+    for name in REPORT_FILES:
+        shutil.copy(report_dir / name, run_dir / name)
+    (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    latest = Path(runs_dir).resolve() / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_dir.name)
+    return run_dir
+
+
+def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:
+    """A run folder (path, name under runs/, or 'latest') → its report.json, with clear errors."""
+    candidates = [Path(run), Path(runs_dir) / run]
+    run_dir = next((c for c in candidates if c.is_dir()), None)
+    if run_dir is None:
+        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir() and not p.name.startswith("."))
+        raise KfoptError(f"No run {run!r}: neither {candidates[0]} nor {candidates[1]} exists. "
+                         f"Runs here: {', '.join(known[-5:]) or 'none (start one with kfopt run)'}.")
+    report = run_dir / "report.json"
+    if not report.is_file():
+        raise KfoptError(f"Run {run_dir} has no report.json: it did not finish (or is still running).")
+    return report
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise KfoptError(f"{path} is not a valid report ({exc}); re-run the pipeline.") from None

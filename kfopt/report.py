@@ -1,0 +1,238 @@
+"""The report: leaderboard JSON, Markdown and a self-contained HTML page with plots.
+
+Inputs are the results.json of each benchmark task (one per node pool); rows keep the hardware
+they were measured on. The same content feeds the KFP Metrics/Markdown/HTML artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from kfopt import select, variant
+from kfopt.errors import KfoptError
+
+REPORT_JSON = "report.json"
+
+
+def merge(bench_dirs: list[Path]) -> dict[str, Any]:
+    rows, environments, budget, baseline, settings = [], {}, None, None, None
+    for d in bench_dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise KfoptError(f"{d} holds no benchmark results (results.json missing); did the benchmark finish?")
+        data = json.loads(path.read_text())
+        environments[data["hardware"]] = data["environment"]
+        budget = budget or data["budget"]
+        settings = settings or data["settings"]
+        if data["baseline"].get("accuracy") is not None:
+            baseline = data["baseline"]
+        rows.extend(data["results"])
+    return {"rows": rows, "environments": environments, "budget": budget, "baseline": baseline, "settings": settings}
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for r in report["rows"]:
+        lat1 = r.get("latency", {}).get("1", {})
+        thr = max((int(b) for b in r.get("latency", {})), default=None)
+        ver = r.get("verification", {})
+        status = ("pass" if ver.get("passed") else "REJECTED") if r.get("status") == "ok" else r.get("status", "?")
+        out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), _f(r.get("accuracy"), ".4f"),
+                    _f(ver.get("accuracy_delta_pp"), "+.2f"), status, _f(lat1.get("p50_ms"), ".3f"),
+                    _f(lat1.get("p99_ms"), ".3f"),
+                    _f(r["latency"][str(thr)]["throughput"], ".0f") + f" @{thr}" if thr else "—",
+                    _f(r.get("size_bytes", 0) / 1024 if "size_bytes" in r else None, ".1f"),
+                    _f(r.get("size_gzip_bytes", 0) / 1024 if "size_gzip_bytes" in r else None, ".1f")])
+    return out
+
+
+HEADERS = ["variant", "format", "precision", "hw", "accuracy", "Δ pp", "verify", "p50@1 ms", "p99@1 ms",
+           "throughput/s", "size KiB", "gzip KiB"]
+
+
+def text_table(report: dict[str, Any]) -> str:
+    rows = [HEADERS] + table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {r['name']}: {r['status']} — {r.get('reason')}" for r in report["rows"] if r.get("status") != "ok"]
+    notes += [f"  {r['name']}: rejected — {r['verification']['reason']}" for r in report["rows"]
+              if r.get("status") == "ok" and not r["verification"]["passed"]]
+    choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
+    return "\n".join(lines + (["", "Not measured / rejected:"] + notes if notes else []) +
+                     ["", "Choice per target:"] + choice)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# kfopt report — {report['name']}", "",
+             f"Baseline accuracy {report['baseline']['accuracy']:.4f}; budget {report['budget']['accuracy_budget_pp']} pp, "
+             f"min agreement {report['budget']['min_agreement']}.", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    lines += ["", "## Choice per target", ""]
+    for target, c in report["choices"].items():
+        lines.append(f"- **{target}**: {c['chosen'] or 'none'} — {c['reason']}"
+                     + (f" Runner-up {c['runner_up']} ({c['runner_up_reason']})." if c.get("runner_up") else ""))
+    lines += ["", f"Pareto front (p50@1, accuracy drop, gzip size): {', '.join(report['pareto']) or '—'}", "",
+              "## Not measured or rejected", ""]
+    for r in report["rows"]:
+        if r.get("status") != "ok":
+            lines.append(f"- {r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
+        elif not r["verification"]["passed"]:
+            lines.append(f"- {r['name']}: rejected — {r['verification']['reason']}")
+    lines += ["", "## Environment", ""]
+    for hw, env in report["environments"].items():
+        lines.append(f"- {hw}: {env['cpu']}, {env['cores']} cores, flags {', '.join(env['cpu_flags']) or 'none'}, "
+                     f"accelerator {env['accelerator']}")
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(report: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in report["rows"] if r.get("status") == "ok" and "1" in r.get("latency", {})]
+    out = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in measured:
+        front = r["name"] in report["pareto"]
+        ax.scatter(r["latency"]["1"]["p50_ms"], r["accuracy"], s=60 if front else 30,
+                   marker="*" if front else "o", c="tab:green" if r["verification"]["passed"] else "tab:red")
+        ax.annotate(r["name"], (r["latency"]["1"]["p50_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency at batch 1 (ms, log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Latency vs accuracy (★ Pareto front, red = rejected)")
+    out["latency_accuracy"] = _png(fig)
+    plt.close(fig)
+    sized = [r for r in report["rows"] if "size_bytes" in r]
+    if sized:
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(sized) + 1.2))
+        names = [r["name"] for r in sized]
+        ax.barh(names, [r["size_bytes"] / 1024 for r in sized], label="raw")
+        ax.barh(names, [r["size_gzip_bytes"] / 1024 for r in sized], label="gzip", alpha=0.7)
+        ax.set_xlabel("KiB")
+        ax.legend()
+        ax.set_title("Model size")
+        out["sizes"] = _png(fig)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in measured:
+        bs = sorted(int(b) for b in r["latency"])
+        ax.plot(bs, [r["latency"][str(b)]["throughput"] for b in bs], marker="o", label=r["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples / s")
+    ax.set_title("Throughput by batch size")
+    ax.legend(fontsize=6, ncol=2)
+    out["throughput"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def html_page(report: dict[str, Any], md: str) -> str:
+    esc = html.escape
+    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
+    choices = "".join(f"<li><b>{esc(t)}</b>: {esc(str(c['chosen'] or 'none'))} — {esc(c['reason'])}"
+                      + (f"<br><small>runner-up {esc(c['runner_up'])}: {esc(c['runner_up_reason'])}</small>"
+                         if c.get("runner_up") else "") + "</li>" for t, c in report["choices"].items())
+    imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
+    notes = md.split("## Not measured or rejected", 1)[1].split("## Environment")[0].strip().splitlines()
+    env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>kfopt report — {esc(report['name'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}}td:first-child{{text-align:left}}
+img{{max-width:100%}}code{{font-size:11px}}</style></head><body>
+<h1>kfopt report — {esc(report['name'])}</h1><p>{esc(report['created'])}. Baseline accuracy {report['baseline']['accuracy']:.4f};
+accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement {report['budget']['min_agreement']}.</p>
+<h2>Choice per target</h2><ul>{choices}</ul>
+<h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
+<p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
+<h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(n[2:])}</li>' for n in notes if n.startswith('- '))}</ul>
+<h2>Plots</h2>{imgs}<h2>Environment</h2><ul>{env}</ul></body></html>"""
+
+
+def kfp_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """Per-variant scalars for the KFP Metrics artifact (the UI's run comparison)."""
+    out: dict[str, Any] = {}
+    for r in report["rows"]:
+        if r.get("status") != "ok":
+            continue
+        key = f"{r['name']}@{r['hardware']}"
+        out[f"{key}.accuracy"] = r["accuracy"]
+        out[f"{key}.verified"] = r["verification"]["passed"]
+        out[f"{key}.size_gzip_kib"] = r["size_gzip_bytes"] / 1024
+        for bs, stats in r["latency"].items():
+            out[f"{key}.p50_ms_b{bs}"] = stats["p50_ms"]
+            out[f"{key}.throughput_b{bs}"] = stats["throughput"]
+    return out
+
+
+def confusion(report: dict[str, Any], bench_dirs: list[Path], dataset_dir: Path | None) -> dict[str, Any] | None:
+    """Confusion matrix of the variant chosen first (cpu, else any target) on the test split."""
+    import numpy as np
+
+    from kfopt import verify
+    from kfopt.data import dataset as ds_mod
+
+    chosen = next((c for c in report["choices"].values() if c.get("chosen")), None)
+    if chosen is None or dataset_dir is None:
+        return None
+    ds = ds_mod.read(dataset_dir)
+    y = ds.split("test")[1]
+    for d in bench_dirs:
+        pred_path = Path(d) / "predictions" / f"{chosen['chosen']}.npy"
+        if pred_path.is_file():
+            pred = verify.labels(np.load(pred_path), ds.schema.task)
+            n = ds.schema.num_classes
+            matrix = np.zeros((n, n), dtype=int)
+            np.add.at(matrix, (y, pred), 1)
+            return {"variant": chosen["chosen"], "labels": ds.schema.class_names, "matrix": matrix.tolist()}
+    return None
+
+
+def build(bench_dirs: list[Path], name: str, targets: list[str], objectives: dict[str, str] | None = None,
+          dataset_dir: Path | None = None) -> dict[str, Any]:
+    report = merge(bench_dirs)
+    report["name"] = name
+    report["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    report["choices"] = select.choose(report["rows"], targets, objectives)
+    report["pareto"] = select.pareto_front(report["rows"])
+    report["confusion"] = confusion(report, bench_dirs, dataset_dir)
+    return report
+
+
+def write(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    md = markdown(report)
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2))
+        (tmp / "report.md").write_text(md)
+        (tmp / "report.html").write_text(html_page(report, md))
+    return {k: Path(out_dir) / f for k, f in (("json", REPORT_JSON), ("md", "report.md"), ("html", "report.html"))}
+
+
+def run(bench_dirs: list[Path], out_dir: Path, *, name: str, targets: list[str],
+        objectives: dict[str, str] | None = None, dataset_dir: Path | None = None) -> dict[str, Any]:
+    report = build(bench_dirs, name, targets, objectives, dataset_dir)
+    write(report, out_dir)
+    return report
