@@ -8,6 +8,7 @@ This module is a plain library (YAML + dataclasses): it does not import kfp.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ TPU_RESOURCE = "google.com/tpu"
 TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
 
+#: Shipped deployment files; images set KFOPT_DEPLOYMENT_DIR because config/ is not installed.
 DEPLOYMENT_DIR = Path(__file__).resolve().parent.parent / "config" / "deployment"
 
 _CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
@@ -137,9 +139,14 @@ class Deployment:
         return any(self.pools[s.pool].accelerator for s in self.stages.values())
 
 
+def deployment_dir() -> Path:
+    """Where deployment names are looked up: $KFOPT_DEPLOYMENT_DIR, else the repo's config/."""
+    return Path(os.environ.get("KFOPT_DEPLOYMENT_DIR") or DEPLOYMENT_DIR)
+
+
 def available() -> list[str]:
-    """Names of the deployments shipped in config/deployment/."""
-    return sorted(p.stem for p in DEPLOYMENT_DIR.glob("*.yaml"))
+    """Names of the deployments in deployment_dir()."""
+    return sorted(p.stem for p in deployment_dir().glob("*.yaml"))
 
 
 def load(name_or_path: str) -> Deployment:
@@ -159,7 +166,7 @@ def _resolve(name_or_path: str) -> Path:
             raise ConfigError(f"Deployment file {candidate} does not exist; pass a path to a "
                               f"YAML file or one of the names: {', '.join(available())}.")
         return candidate
-    path = DEPLOYMENT_DIR / f"{name_or_path}.yaml"
+    path = deployment_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"Unknown deployment '{name_or_path}'; use one of: "
                           f"{', '.join(available())}, or a path to a YAML file.")

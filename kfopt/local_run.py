@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # Node-pool placement (resources, selectors) is for clusters; kfp.local ignores it by design.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     pipeline = build(deploy_mod.load(cfg.deployment))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir).resolve() / f"{cfg.name}-{stamp}"

@@ -17,3 +17,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def digits_small(tmp_path_factory):
+    """A real Dataset artifact + trained baseline variant on a 500-sample digits slice (~15 s once)."""
+    from kfopt.data import preprocess
+    from kfopt.models import train
+
+    root = tmp_path_factory.mktemp("digits_small")
+    preprocess.run("digits", root / "dataset", limit=500, seed=3)
+    train.run(root / "dataset", root / "baseline", architecture="digits_cnn", epochs=8, patience=3, seed=1)
+    return {"dataset": root / "dataset", "baseline": root / "baseline", "root": root}
+
+
+@pytest.fixture(scope="session")
+def cancer_small(tmp_path_factory):
+    """A real tabular binary Dataset artifact + trained MLP baseline (breast cancer)."""
+    from kfopt.data import preprocess
+    from kfopt.models import train
+
+    root = tmp_path_factory.mktemp("cancer_small")
+    preprocess.run("breast_cancer", root / "dataset", seed=3)
+    train.run(root / "dataset", root / "baseline", architecture="breast_cancer_mlp", epochs=20, patience=4, seed=1)
+    return {"dataset": root / "dataset", "baseline": root / "baseline", "root": root}

@@ -1,0 +1,81 @@
+"""The whole pipeline through the real kfp.local runner, on a small slice, checked via its report."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kfopt import variant
+from kfopt.cli import main
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--set", "data.limit=400", "--set", "train.epochs=4", "--set", "bench.max_seconds=0.2",
+         "--set", "augment.factor=0.5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["run", "--runs-dir", str(runs), *SMALL]) == 0
+    return (runs / "latest").resolve()
+
+
+def test_report_has_real_numbers(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {(r["name"], r["hardware"]): r for r in report["rows"]}
+    measured = [r for r in rows.values() if r["status"] == "ok"]
+    assert {"baseline", "tflite_fp32", "onnx_fp32"} <= {r["name"] for r in measured}
+    for r in measured:
+        assert r["accuracy"] > 0.5  # 10 classes: chance is 0.1
+        for stats in r["latency"].values():
+            assert 0 < stats["p50_ms"] <= stats["p99_ms"] and stats["samples"] >= 5
+        assert set(r["latency"]) == {"1", "64"}
+        assert r["verification"]["agreement"] > 0.9
+    assert report["choices"]["cpu"]["chosen"] in {r["name"] for r in measured}
+    assert report["environments"]["cpu"]["cores"] >= 1
+
+
+def test_sizes_match_the_variant_files(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    for vdir in variant.discover(run_dir / "pipeline"):
+        meta = variant.read(vdir)
+        row = next((r for r in report["rows"] if r["name"] == meta.name and r["status"] == "ok"), None)
+        if row is None:
+            continue
+        assert row["size_bytes"] == sum((vdir / f).stat().st_size for f in meta.files)
+
+
+def test_report_files_and_kfp_artifacts(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Choice per target" in html
+    assert "| baseline |" in (run_dir / "report.md").read_text()
+    pipeline_root = run_dir / "pipeline"
+    metrics = list(pipeline_root.rglob("report/metrics"))
+    assert metrics and "baseline@cpu.accuracy" in json.loads(metrics[0].read_text())
+
+
+def test_report_command_reprints(run_dir, capsys):
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tflite_fp32" in out and "Choice per target" in out
+
+
+def test_report_of_missing_or_unfinished_run(tmp_path, capsys):
+    assert main(["report", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert "No run 'nope'" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["report", "half", "--runs-dir", str(tmp_path)]) == 2
+    assert "did not finish" in capsys.readouterr().err
+
+
+def test_failed_stage_is_one_message_and_no_run_left(tmp_path, capsys):
+    assert main(["run", "--runs-dir", str(tmp_path), "--data", str(tmp_path / "missing.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "kfopt preprocess:" in err and "missing.csv" in err and "Traceback" not in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("digits_cnn-")]
+
+
+def test_unknown_architecture_fails_before_running(tmp_path, capsys):
+    assert main(["run", "--runs-dir", str(tmp_path), "--set", "model.architecture=vgg"]) == 2
+    assert "Unknown model architecture 'vgg'" in capsys.readouterr().err
