@@ -70,7 +70,7 @@ def choose(rows: list[dict[str, Any]], targets: list[str], objectives: dict[str,
             continue
         best = scored[0][1]
         entry = {"chosen": best["name"], "hardware": best["hardware"], "objective": objective,
-                 "reason": f"fastest verified variant by {objective}: {describe(best, objective)}, "
+                 "reason": f"best verified variant by {objective}: {describe(best, objective)}, "
                            f"accuracy {best['accuracy']:.4f} ({best['verification']['accuracy_delta_pp']:+.2f} pp)"}
         if len(scored) > 1:
             second = scored[1][1]
