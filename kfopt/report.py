@@ -147,6 +147,21 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.legend(fontsize=6, ncol=2)
     out["throughput"] = _png(fig)
     plt.close(fig)
+    cm = report.get("confusion")
+    if cm:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.imshow(cm["matrix"], cmap="Blues")
+        ax.set_xticks(range(len(cm["labels"])), cm["labels"], fontsize=7)
+        ax.set_yticks(range(len(cm["labels"])), cm["labels"], fontsize=7)
+        for i, row in enumerate(cm["matrix"]):
+            for j, count in enumerate(row):
+                if count:
+                    ax.text(j, i, count, ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Confusion matrix — {cm['variant']} (test split)")
+        out["confusion"] = _png(fig)
+        plt.close(fig)
     return out
 
 

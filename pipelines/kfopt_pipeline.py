@@ -20,6 +20,8 @@ from kfp import dsl
 
 import kfopt
 from components import augment, benchmark, export, make, preprocess, report, train
+from components import tensorrt as tensorrt_component
+from components import xla as xla_component
 from kfopt import config as cfg_mod
 from kfopt import deployment as deploy_mod
 from pipelines import placement
@@ -57,6 +59,8 @@ def build(deployment: "deploy_mod.Deployment | None" = None):
     c_aug = component(augment.augment, "augment")
     c_train = component(train.train, "train")
     c_export = component(export.export, "export")
+    c_tensorrt = component(tensorrt_component.tensorrt, "tensorrt")
+    c_xla = component(xla_component.xla, "xla")
     c_bench = component(benchmark.benchmark, "benchmark_cpu")
     c_report = component(report.report, "report")
 
@@ -77,6 +81,11 @@ def build(deployment: "deploy_mod.Deployment | None" = None):
         mixed_precision: str = d["mixed_precision"], train_seed: int = d["train_seed"],
         export_tflite: bool = d["export_tflite"], export_onnx: bool = d["export_onnx"],
         onnx_opset: int = d["onnx_opset"], accuracy_budget: float = d["accuracy_budget"],
+        tensorrt_enabled: bool = d["tensorrt_enabled"], tensorrt_min_batch: int = d["tensorrt_min_batch"],
+        tensorrt_opt_batch: int = d["tensorrt_opt_batch"], tensorrt_max_batch: int = d["tensorrt_max_batch"],
+        tensorrt_workspace_mb: int = d["tensorrt_workspace_mb"], tensorrt_fp16: bool = d["tensorrt_fp16"],
+        tensorrt_int8: bool = d["tensorrt_int8"], xla_enabled: bool = d["xla_enabled"],
+        xla_batch_sizes: list = d["xla_batch_sizes"],
         min_agreement: float = d["min_agreement"], bench_batch_sizes: list = d["bench_batch_sizes"],
         bench_threads: int = d["bench_threads"], bench_max_seconds: float = d["bench_max_seconds"],
         targets: list = d["targets"], objectives: dict = d["objectives"],
@@ -94,6 +103,15 @@ def build(deployment: "deploy_mod.Deployment | None" = None):
         exported = place(c_export(baseline=baseline, tflite=export_tflite, onnx=export_onnx, opset=onnx_opset,
                                   code_version=version), "export")
         sets = {"exports": exported.outputs["variants"]}
+        # Accelerators, after the optimizers: TensorRT also takes the quantize stage's tensorrt_ready variant.
+        trt = place(c_tensorrt(exports=sets["exports"], enabled=tensorrt_enabled, min_batch=tensorrt_min_batch,
+                               opt_batch=tensorrt_opt_batch, max_batch=tensorrt_max_batch,
+                               workspace_mb=tensorrt_workspace_mb, fp16=tensorrt_fp16, int8=tensorrt_int8,
+                               code_version=version,
+                               **({"quantized": sets["quantized"]} if "quantized" in sets else {})), "tensorrt")
+        xla = place(c_xla(dataset=data, baseline=baseline, enabled=xla_enabled, batch_sizes=xla_batch_sizes,
+                          code_version=version), "xla")
+        sets.update(tensorrt=trt.outputs["variants"], xla=xla.outputs["variants"])
         bench = {}
         for hardware in ("cpu", "gpu", "tpu"):
             bench[hardware] = place(c_bench(

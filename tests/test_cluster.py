@@ -9,6 +9,7 @@ kfp.Client, kfp_server_api, the compiled package and the kfopt CLI handlers.
 
 import argparse
 import json
+import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +62,7 @@ class StandInKfpApi(BaseHTTPRequestHandler):
         if path == f"{API}/pipelines":
             found = [{"pipeline_id": i, "display_name": n}
                      for n, i in state["pipelines"].items() if n == name]
+            found *= 2 if name in state["ambiguous"] else 1
             return self._reply(200, {"pipelines": found} if found else {})
         return self._reply(404, {"message": f"no route {path}"})
 
@@ -96,7 +98,7 @@ def kfp_api(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandInKfpApi)
     server.requests = []
-    server.state = {"experiments": {}, "pipelines": {}, "fail": {}}
+    server.state = {"experiments": {}, "pipelines": {}, "fail": {}, "ambiguous": set()}
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -242,7 +244,7 @@ def test_param_values_are_checked_against_declared_types(kfp_api, package, pair,
         run_cli("submit", "--host", kfp_api.url, "--package", str(package), "--param", pair)
 
 
-def test_unreachable_host_is_one_clear_error(package):
+def test_unreachable_host_is_one_clear_error(package, caplog):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -250,12 +252,23 @@ def test_unreachable_host_is_one_clear_error(package):
                                          r"\(.*\); check the URL") as caught:
         run_cli("submit", "--host", f"http://127.0.0.1:{port}", "--package", str(package))
     assert caught.value.__suppress_context__
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "retry log noise"
 
 
 def test_api_refusal_is_reported_with_the_server_message(kfp_api, package):
     kfp_api.state["fail"][f"{API}/runs"] = (403, {"message": "user not authorized"})
     with pytest.raises(KfoptError, match=r"answered 403 \(user not authorized\)"):
         run_cli("submit", "--host", kfp_api.url, "--package", str(package))
+
+
+def test_ambiguous_pipeline_name_is_reported_without_traceback(kfp_api, package):
+    kfp_api.state["pipelines"]["tiny-cluster"] = "p-1"
+    kfp_api.state["ambiguous"].add("tiny-cluster")
+    with pytest.raises(KfoptError, match=r"refused the request .*Multiple pipelines with the "
+                                         r"name: tiny-cluster") as caught:
+        run_cli("upload", "--host", kfp_api.url, "--package", str(package))
+    assert caught.value.__suppress_context__
+    assert not calls(kfp_api, "POST", "/pipelines/upload_version")
 
 
 def test_missing_package_is_reported(kfp_api, tmp_path):

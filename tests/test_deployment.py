@@ -172,3 +172,12 @@ def test_every_single_host_topology_in_the_table_is_accepted(tmp_path):
                 doc["pools"]["tpu"]["accelerator"]["count"] = chips
 
             assert load_changed(tmp_path, change).pools["tpu"].accelerator.count == chips
+
+
+def test_names_resolve_in_kfopt_deployment_dir_when_set(tmp_path, monkeypatch):
+    (tmp_path / "site.yaml").write_text((deployment.DEPLOYMENT_DIR / "cpu-only.yaml").read_text())
+    monkeypatch.setenv("KFOPT_DEPLOYMENT_DIR", str(tmp_path))
+    assert deployment.available() == ["site"]
+    assert deployment.load("site").source == tmp_path / "site.yaml"
+    with pytest.raises(ConfigError, match="Unknown deployment 'gke'; use one of: site"):
+        deployment.load("gke")
