@@ -1,4 +1,4 @@
-"""The `kfopt` command: run locally, compile for Kubeflow, re-render reports, talk to a KFP server.
+"""The `kfopt` command: run locally, compile for Kubeflow, re-render reports, talk to a KFP server, read the registry.
 
 Every KfoptError ends as one line on stderr and exit code 2; TensorFlow is never imported here.
 """
@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = local_run.run(cfg, Path(args.runs_dir), cache=not args.no_cache)
     data = local_run.load_report(run_dir / "report.json")
     print("\n" + report.text_table(data))
+    if (run_dir / "publish.json").is_file():
+        from kfopt import publish
+
+        print("\n" + publish.text(publish.load(run_dir / "publish.json")))
     print(f"\nWall time: {(run_dir / 'wall_seconds.txt').read_text().strip()} s")
     print(f"Report: {run_dir / 'report.html'}")
     return 0
@@ -125,9 +129,10 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--render", action="store_true", help="re-render report.md/html into <run>/rendered/")
     rp.set_defaults(func=cmd_report)
 
-    from kfopt import cli_cluster
+    from kfopt import cli_cluster, cli_models
 
     cli_cluster.register(sub)
+    cli_models.register(sub)
     return p
 
 

@@ -66,6 +66,31 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class QuantizeConfig:
+    enabled: bool = True
+    calibration_samples: int = 200  # samples, not batches; more than the train split: clamped, with a warning
+    qat: bool = True  # quantization-aware training (tfmot), then int8 TFLite
+    qat_epochs: int = 2
+    fallback_max_attempts: int = 3  # int8 retries with the worst layers kept in float (0: no fallback)
+
+
+@dataclasses.dataclass
+class PruneConfig:
+    enabled: bool = True
+    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8])
+    epochs: int = 4  # fine-tuning epochs; the schedule ends at ~75% of them
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    enabled: bool = True
+    student_width: float = 0.5  # the student's filters/units relative to the teacher's, in (0, 1)
+    temperature: float = 4.0
+    alpha: float = 0.3  # weight of the hard-label loss; 1 - alpha goes to matching the teacher
+    epochs: int = 15
+
+
+@dataclasses.dataclass
 class TensorRTConfig:
     enabled: bool = True
     min_batch: int = 1  # the engine's dynamic-batch optimization profile: min <= opt <= max
@@ -107,6 +132,15 @@ class SelectConfig:
 
 
 @dataclasses.dataclass
+class PublishConfig:
+    enabled: bool = True
+    registry: str = ""  # local folder or gs:// URI; empty: <runs dir>/registry for local runs
+    model_name: str = ""  # empty: the config's name
+    accuracy_tolerance_pp: float = 0.5  # a new model may be this much less accurate than the promoted one
+    latency_tolerance: float = 0.10  # ... and this much slower (relative, same environment only)
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "digits_cnn"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -114,11 +148,15 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = dataclasses.field(default_factory=QuantizeConfig)
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     tensorrt: TensorRTConfig = dataclasses.field(default_factory=TensorRTConfig)
     xla: XlaConfig = dataclasses.field(default_factory=XlaConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    publish: PublishConfig = dataclasses.field(default_factory=PublishConfig)
     deployment: str = "cpu-only"
 
 
@@ -166,6 +204,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 def from_dict(raw: dict) -> RunConfig:
     cfg = _build(RunConfig, raw, "")
+    cfg.publish.model_name = cfg.publish.model_name or cfg.name
     validate(cfg)
     return cfg
 
@@ -211,6 +250,7 @@ def validate(cfg: RunConfig) -> None:
     v = cfg.verify
     check(v.accuracy_budget >= 0, f"verify.accuracy_budget must be >= 0 percentage points, got {v.accuracy_budget}.")
     check(0 <= v.min_agreement <= 1, f"verify.min_agreement must be in [0, 1], got {v.min_agreement}.")
+    _validate_optimize(cfg)
     check(a.factor >= 0, f"augment.factor must be >= 0, got {a.factor}.")
     check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
     check(b.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {b.threads}.")
@@ -228,10 +268,31 @@ def validate(cfg: RunConfig) -> None:
               f"select: unknown deployment target {target!r}; known: {', '.join(select.TARGET_HARDWARE)}.")
     for objective in cfg.select.objectives.values():
         select.parse_objective(objective)
+    p = cfg.publish
+    check(p.accuracy_tolerance_pp >= 0, f"publish.accuracy_tolerance_pp must be >= 0, got {p.accuracy_tolerance_pp}.")
+    check(p.latency_tolerance >= 0, f"publish.latency_tolerance must be >= 0 (relative), got {p.latency_tolerance}.")
+    from kfopt.publish import check_name
+
+    check_name(p.model_name or cfg.name)
     from kfopt.models.architectures import ARCHITECTURES  # light module: no TensorFlow at import
 
     check(bool(cfg.model.uri) or cfg.model.architecture in ARCHITECTURES,
           f"Unknown model architecture {cfg.model.architecture!r}; known: {', '.join(ARCHITECTURES)}.")
+
+
+def _validate_optimize(cfg: RunConfig) -> None:
+    """The optimize stages' settings, checked by the stages' own rules (light modules, no TensorFlow)."""
+    q, p, d = cfg.quantize, cfg.prune, cfg.distill
+    if q.calibration_samples < 1:
+        raise ConfigError(f"quantize.calibration_samples must be at least 1, got {q.calibration_samples}.")
+    if q.qat_epochs < 1:
+        raise ConfigError(f"quantize.qat_epochs must be at least 1, got {q.qat_epochs}.")
+    if q.fallback_max_attempts < 0:
+        raise ConfigError(f"quantize.fallback_max_attempts must be >= 0, got {q.fallback_max_attempts}.")
+    from kfopt.optimize import checks
+
+    checks.prune(p.sparsities, p.epochs)
+    checks.distill(d.student_width, d.temperature, d.alpha, d.epochs)
 
 
 # Pipeline parameters: (parameter name, config path, description). The pipeline function in
@@ -258,6 +319,19 @@ PARAMS: list[tuple[str, str, str]] = [
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
     ("export_onnx", "export.onnx", "Export the baseline as a float32 ONNX variant."),
     ("onnx_opset", "export.opset", "ONNX opset of exported graphs."),
+    ("quantize_enabled", "quantize.enabled", "Make quantized variants (TFLite dynamic/float16/int8, ORT static int8 QDQ)."),
+    ("calibration_samples", "quantize.calibration_samples", "Training samples (not batches) for int8 calibration; more than the split is clamped with a warning."),
+    ("qat_enabled", "quantize.qat", "Quantization-aware training (tfmot) then int8 TFLite."),
+    ("qat_epochs", "quantize.qat_epochs", "Fine-tuning epochs of quantization-aware training."),
+    ("fallback_max_attempts", "quantize.fallback_max_attempts", "Int8 retries keeping the most harmful layers in float when the accuracy budget is missed (0: none)."),
+    ("prune_enabled", "prune.enabled", "Make magnitude-pruned variants (and their int8 TFLite)."),
+    ("prune_sparsities", "prune.sparsities", "Target sparsities, each in (0, 1) (JSON list, e.g. [0.5, 0.8])."),
+    ("prune_epochs", "prune.epochs", "Fine-tuning epochs while pruning (the schedule ends at about 75% of them)."),
+    ("distill_enabled", "distill.enabled", "Distill the baseline into a smaller student (and its int8 TFLite)."),
+    ("student_width", "distill.student_width", "Student filters/units relative to the teacher, in (0, 1)."),
+    ("distill_temperature", "distill.temperature", "Distillation temperature (softens both distributions)."),
+    ("distill_alpha", "distill.alpha", "Weight of the hard-label loss in [0, 1]; the rest matches the teacher."),
+    ("distill_epochs", "distill.epochs", "Student training epochs (best validation accuracy kept)."),
     ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
     ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),
     ("tensorrt_opt_batch", "tensorrt.opt_batch", "Batch the TensorRT engines are tuned for (min <= opt <= max)."),
@@ -274,6 +348,11 @@ PARAMS: list[tuple[str, str, str]] = [
     ("bench_max_seconds", "bench.max_seconds", "Time limit per variant and batch size for the timed runs."),
     ("targets", "select.targets", "Deployment targets to choose a variant for (JSON list of cpu, edge, gpu, tpu)."),
     ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> or size (JSON object)."),
+    ("publish_enabled", "publish.enabled", "Publish the run into the model registry, behind the regression gate."),
+    ("registry", "publish.registry", "Model registry root: a gs:// URI (or a local folder for local runs)."),
+    ("model_name", "publish.model_name", "Name the models are published under in the registry."),
+    ("accuracy_tolerance_pp", "publish.accuracy_tolerance_pp", "Accuracy (pp) a new model may lose vs the promoted one and still replace it."),
+    ("latency_tolerance", "publish.latency_tolerance", "Relative p50 latency a new model may add vs the promoted one (same environment only)."),
 ]
 
 

@@ -1,14 +1,17 @@
 """Run the pipeline on this machine with kfp.local (SubprocessRunner, no containers).
 
 Each run gets runs/<name>-<timestamp>/ with the KFP pipeline root inside and, once the report
-stage finished, report.{json,md,html} copied to the top of the run folder. Task outputs are cached
+stage finished, report.{json,md,html} copied to the top of the run folder, with the publish stage's
+gate decisions added (publish.json beside them). The model registry defaults to runs/registry. Task outputs are cached
 under runs/.kfp-cache keyed on inputs and kfopt's code version, so a second run with the same
 settings reuses finished stages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
 import shutil
 import tempfile
@@ -35,6 +38,7 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     # Node-pool placement (resources, selectors) is for clusters; kfp.local ignores it by design.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     pipeline = build(deploy_mod.load(cfg.deployment))
+    cfg = with_registry(cfg, runs_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir).resolve() / f"{cfg.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,12 +60,40 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     report_dir = Path(task.output.path)
     for name in REPORT_FILES:
         shutil.copy(report_dir / name, run_dir / name)
+    _add_publish(run_dir)
     (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     latest = Path(runs_dir).resolve() / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_dir.name)
     return run_dir
+
+
+def with_registry(cfg: cfg_mod.RunConfig, runs_dir: Path) -> cfg_mod.RunConfig:
+    """The config with an absolute model registry: empty → <runs_dir>/registry, relative → from the cwd.
+
+    Tasks run in their own processes and folders, so a relative path would land somewhere else.
+    """
+    registry = cfg.publish.registry
+    if not registry.startswith("gs://"):
+        registry = str(Path(registry).resolve() if registry else Path(runs_dir).resolve() / "registry")
+    return dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, registry=registry))
+
+
+def _add_publish(run_dir: Path) -> None:
+    """Put the publish task's publish.json beside the report and its gate decisions into report.*."""
+    from kfopt import publish, report
+
+    found = sorted(run_dir.glob("pipeline/*/publish*/*/publish.json"))
+    if not found:
+        return
+    shutil.copy(found[-1], run_dir / "publish.json")
+    data = load_report(run_dir / "report.json")
+    data["publish"] = publish.load(found[-1])
+    md = report.markdown(data)
+    (run_dir / "report.json").write_text(json.dumps(data, indent=2))
+    (run_dir / "report.md").write_text(md)
+    (run_dir / "report.html").write_text(report.html_page(data, md))
 
 
 def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:
@@ -79,8 +111,6 @@ def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads(Path(path).read_text())
     except ValueError as exc:

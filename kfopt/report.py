@@ -83,6 +83,10 @@ def markdown(report: dict[str, Any]) -> str:
     for target, c in report["choices"].items():
         lines.append(f"- **{target}**: {c['chosen'] or 'none'} — {c['reason']}"
                      + (f" Runner-up {c['runner_up']} ({c['runner_up_reason']})." if c.get("runner_up") else ""))
+    if report.get("publish"):  # added by local_run from the publish stage
+        from kfopt import publish
+
+        lines += [""] + publish.markdown(report["publish"]).splitlines()
     lines += ["", f"Pareto front (p50@1, accuracy drop, gzip size): {', '.join(report['pareto']) or '—'}", "",
               "## Not measured or rejected", ""]
     for r in report["rows"]:
@@ -174,13 +178,20 @@ def html_page(report: dict[str, Any], md: str) -> str:
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
     notes = md.split("## Not measured or rejected", 1)[1].split("## Environment")[0].strip().splitlines()
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
+    publishing = ""
+    if report.get("publish"):
+        from kfopt import publish
+
+        pub = report["publish"]
+        publishing = (f"<h2>Publishing</h2><p>{esc(publish.headline(pub))}</p><ul>"
+                      + "".join(f"<li>{esc(line)}</li>" for line in publish.summary_lines(pub)) + "</ul>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kfopt report — {esc(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}}td:first-child{{text-align:left}}
 img{{max-width:100%}}code{{font-size:11px}}</style></head><body>
 <h1>kfopt report — {esc(report['name'])}</h1><p>{esc(report['created'])}. Baseline accuracy {report['baseline']['accuracy']:.4f};
 accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement {report['budget']['min_agreement']}.</p>
-<h2>Choice per target</h2><ul>{choices}</ul>
+<h2>Choice per target</h2><ul>{choices}</ul>{publishing}
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(n[2:])}</li>' for n in notes if n.startswith('- '))}</ul>

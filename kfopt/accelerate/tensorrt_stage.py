@@ -38,7 +38,10 @@ def _find(root: Path | None, match: Callable[[variant.VariantMeta], bool]) -> tu
 def _sources(exports_dir: Path, quantized_dir: Path | None) -> dict[str, Any]:
     """name → (source dir, meta) or the reason there is no usable source."""
     fp32 = _find(exports_dir, lambda m: m.name == "onnx_fp32")
-    int8 = _find(quantized_dir, lambda m: m.format == "onnx" and bool(m.extra.get("tensorrt_ready")))
+    # The quantize stage's onnx_int8_trt by name too, so that its skip reason (switched off, missed the
+    # accuracy gate) carries over.
+    int8 = _find(quantized_dir, lambda m: m.format == "onnx" and (bool(m.extra.get("tensorrt_ready"))
+                                                                  or m.name == "onnx_int8_trt"))
     out: dict[str, Any] = {}
     for name, found, missing in (
         ("trt_fp16", fp32, "no onnx_fp32 variant among the exports"),
@@ -72,6 +75,7 @@ def _environment() -> tuple[Any, str | None, str | None]:
 def _build_one(name: str, src_dir: Path, src: variant.VariantMeta, vdir: Path, trt, no_gpu: str | None,
                settings: dict[str, Any], cache: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Build one engine into vdir; write its variant (ok, or skipped with the proof or the parse report)."""
+    variant.read(src_dir)  # checksums of the source, before anything is built from it
     precision = "fp16" if name == "trt_fp16" else "int8"
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:

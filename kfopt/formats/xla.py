@@ -12,6 +12,7 @@ through XLA on the CPU: the same compiler front end, checked here.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,12 @@ def must_compile(fn) -> bool:
                if "_XlaMustCompile" in node.attr)
 
 
+@functools.cache
 def tpu_device() -> tuple[str | None, str]:
-    """The TPU device to run on, or None; the second value says which device and why."""
+    """The TPU device to run on, or None; the second value says which device and why.
+
+    Cached: the TPU system is initialised once per process (the stage and its verification share it).
+    """
     from kfopt.formats import device_missing
 
     missing = device_missing("tpu")

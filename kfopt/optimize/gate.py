@@ -26,16 +26,6 @@ SWITCHED_OFF = "switched off by a pipeline parameter"
 FINE_TUNE_BATCH = 32
 
 
-def check_budget(accuracy_budget: float, min_agreement: float, fallback_max_attempts: int) -> None:
-    if accuracy_budget < 0:
-        raise ConfigError(f"accuracy_budget must be >= 0 percentage points, got {accuracy_budget}; "
-                          "use 0 to allow no accuracy loss at all.")
-    if not 0 <= min_agreement <= 1:
-        raise ConfigError(f"min_agreement must be in [0, 1], got {min_agreement}.")
-    if fallback_max_attempts < 0:
-        raise ConfigError(f"fallback_max_attempts must be >= 0 (0 = no fallback), got {fallback_max_attempts}.")
-
-
 def calibration_set(ds: ds_mod.Dataset, count: int, seed: int = 0) -> np.ndarray:
     """`count` samples (not batches) drawn without replacement from the training split.
 
@@ -83,7 +73,7 @@ class Gate:
 
 
 def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: Callable[[], list[tuple[str, float]]],
-                  gate: Gate, out_dir: Path, max_attempts: int) -> variant.VariantMeta:
+                  gate: Gate, out_dir: Path, max_attempts: int, error_metric: str) -> variant.VariantMeta:
     """Make an int8 variant at `out_dir`; if it misses the gate, keep the worst layers in float and retry.
 
     `make(dir, float_layers)` writes a variant with those layers (names as the converter knows them)
@@ -125,7 +115,8 @@ def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: 
         "checked_on": f"validation split ({len(gate.y)} samples) against the float parent",
         "passed": chosen["passed"], "attempts": attempts, "chosen_attempt": best[1],
         "float_layers": chosen["float_layers"],
-        "layer_errors": [{"layer": n, "error": e} for n, e in (ranking or [])][:20],
+        "layer_error_metric": error_metric,
+        "layer_errors": [{"layer": n, "error": round(e, 6)} for n, e in (ranking or [])][:20],
     }
     return variant.write(out_dir, meta)
 

@@ -1,0 +1,242 @@
+"""Figures of the bench: per-model summaries, the side-by-side comparisons, and the Markdown report.
+
+Every ratio is A / B of the same statistic measured in the same round (the models of a round are
+timed back to back), then the median over rounds with the rounds' range next to it: below 1 means A
+is faster (or smaller). A reading says "no clear difference" when the rounds' ratios straddle 1.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+README_BEGIN = "<!-- bench:begin (written by `python bench/run_bench.py --update-readme`) -->"
+README_END = "<!-- bench:end -->"
+
+
+def summarize(rounds: list[dict]) -> dict[str, Any]:
+    """One model at one batch size over all rounds."""
+    out: dict[str, Any] = {f"p{q}_ms": float(np.median([r[f"p{q}_ms"] for r in rounds])) for q in (10, 25, 50, 75, 90)}
+    out.update(samples=int(sum(r["samples"] for r in rounds)), rounds_p50_ms=[r["p50_ms"] for r in rounds],
+               ci95_rel_max=float(max(r["ci95_rel"] for r in rounds)))
+    return out
+
+
+def _ratio(a: list[float], b: list[float]) -> dict[str, Any]:
+    per_round = [x / y for x, y in zip(a, b)]
+    return {"ratio": float(np.median(per_round)), "min": float(min(per_round)), "max": float(max(per_round)),
+            "per_round": per_round}
+
+
+def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
+    models = result["models"]
+    timed = {n for n, m in models.items() if m.get("latency")}
+    best = result.get("kfopt_choice", {}).get("chosen")
+    pairs: list[tuple[str, str, str]] = []
+    if best:
+        pairs.append(("kfopt best vs Keras eager", best, "keras_eager"))
+        pairs.append(("kfopt best vs Olive best", best, "olive_best"))
+    for fmt in ("tflite", "onnx"):
+        ref = next((n for n, m in models.items() if m["format"] == fmt and m["precision"] == "fp32"
+                    and m.get("technique") == "export"), None)
+        if ref is None:
+            continue
+        runtime = models[ref]["runtime"]
+        for name, m in models.items():
+            if m["format"] == fmt and "int8" in m["precision"]:
+                pairs.append((f"int8 vs fp32 in {runtime}", name, ref))
+    rows = []
+    for title, a, b in pairs:
+        if a not in models or b not in models:
+            rows.append({"title": title, "a": a, "b": b, "missing": f"{b if b not in models else a} was not measured"})
+            continue
+        for bs in sorted({bs for n in (a, b) if n in timed for bs in models[n]["latency"]}, key=int):
+            if a in timed and b in timed:
+                la, lb = models[a]["latency"][bs], models[b]["latency"][bs]
+                rows.append({"title": title, "a": a, "b": b, "measure": f"p50 @{bs}", "kind": "latency",
+                             "a_value": la["p50_ms"], "b_value": lb["p50_ms"],
+                             **_ratio(la["rounds_p50_ms"], lb["rounds_p50_ms"])})
+        for key, label in (("size_bytes", "size"), ("size_gzip_bytes", "gzip size")):
+            va, vb = models[a][key], models[b][key]
+            rows.append({"title": title, "a": a, "b": b, "measure": label, "kind": "size", "a_value": va,
+                         "b_value": vb, "ratio": va / vb, "min": va / vb, "max": va / vb})
+    return rows
+
+
+def fmt_ms(ms: float) -> str:
+    if ms < 0.1:
+        return f"{ms * 1000:.1f} µs"
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    return f"{ms:.2f} ms"
+
+
+def _value(row: dict, key: str) -> str:
+    return fmt_ms(row[key]) if row["kind"] == "latency" else f"{row[key] / 1024:.1f} KiB"
+
+
+def _reading(row: dict) -> str:
+    faster, slower = ("faster", "slower") if row["kind"] == "latency" else ("smaller", "larger")
+    if row["min"] < 1 < row["max"]:
+        return "no clear difference (rounds straddle 1)"
+    r = row["ratio"]
+    return f"A {1 / r:.3g}× {faster}" if r < 1 else f"A {r:.3g}× {slower}"
+
+
+def _spread(lat: dict) -> str:
+    return f"{fmt_ms(lat['p10_ms'])}–{fmt_ms(lat['p90_ms'])}"
+
+
+def _passes(passes: list[dict]) -> str:
+    """Olive's pass lineage in a few words."""
+    words = []
+    for p in passes:
+        if p["pass"] == "onnxquantization":
+            words.append(f"OnnxQuantization {p.get('quant_mode')} {p.get('quant_format')} "
+                         f"weights {p.get('precision')} activations {p.get('activation_type', 'n/a')}, "
+                         f"per_channel={p.get('per_channel')}, reduce_range={p.get('reduce_range')}, "
+                         f"calibration {p.get('calibrate_method', 'n/a')}, preprocess={p.get('quant_preprocess')}")
+        elif p["pass"] == "ortsessionparamstuning":
+            words.append("OrtSessionParamsTuning (1 thread)")
+        elif p["pass"] == "onnxpeepholeoptimizer":
+            words.append("OnnxPeepholeOptimizer")
+        else:
+            words.append(p["pass"])
+    return " → ".join(words)
+
+
+def _model_table(result: dict) -> list[str]:
+    lines = ["| model | what | runtime | precision | accuracy | Δ pp vs Keras | agreement | p50 @1 | p10–p90 @1 | "
+             "p50 @64 | p10–p90 @64 | calls @1 / @64 | size KiB | gzip KiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in result["models"].items():
+        size = f"{m['size_bytes'] / 1024:.1f} | {m['size_gzip_bytes'] / 1024:.1f}"
+        if m.get("error"):
+            lines.append(f"| {name} | {m.get('what', '')} | {m.get('runtime', '')} | {m.get('precision', '')} | "
+                         f"FAILED: {m['error']} | | | | | | | | {size} |")
+            continue
+        v = m.get("verification", {})
+        lat = m["latency"]
+        l1, l64 = lat.get("1"), lat.get("64")
+        lines.append(
+            f"| {name} | {m['what']} | {m['runtime']} | {m['precision']} | {m['accuracy']:.4f} | "
+            f"{v.get('accuracy_delta_pp', float('nan')):+.2f} | {v.get('agreement', float('nan')):.3f} | "
+            f"{fmt_ms(l1['p50_ms']) if l1 else '–'} | {_spread(l1) if l1 else '–'} | "
+            f"{fmt_ms(l64['p50_ms']) if l64 else '–'} | {_spread(l64) if l64 else '–'} | "
+            f"{l1['samples'] if l1 else 0} / {l64['samples'] if l64 else 0} | {size} |")
+    return lines
+
+
+def _comparison_table(result: dict) -> list[str]:
+    lines = ["| comparison | A | B | measure | A | B | A / B: median of rounds [range] | reading |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["comparisons"]:
+        if "missing" in row:
+            lines.append(f"| {row['title']} | {row['a']} | {row['b']} | | | | not measured: {row['missing']} | |")
+            continue
+        rng = f"[{row['min']:.3g}–{row['max']:.3g}]" if row["kind"] == "latency" else ""
+        lines.append(f"| {row['title']} | {row['a']} | {row['b']} | {row['measure']} | {_value(row, 'a_value')} | "
+                     f"{_value(row, 'b_value')} | {row['ratio']:.3g} {rng} | {_reading(row)} |")
+    return lines
+
+
+def _config_section(result: dict) -> list[str]:
+    name = result["config"]
+    if "fatal" in result:
+        return [f"## {name}", "", f"**FAILED**: {result['fatal']}", ""]
+    budget = result["budget"]
+    choice = result["kfopt_choice"]
+    out = [f"## {name}", "",
+           f"{result['task']}, {result['num_classes']} classes, {result['test_rows']} test rows; kfopt's accuracy "
+           f"budget {budget['accuracy_budget_pp']} pp, top-1 agreement ≥ {budget['min_agreement']}.",
+           "",
+           f"- kfopt's choice for the cpu target ({choice.get('objective')}): **{choice.get('chosen')}** — "
+           f"{choice.get('reason')}"]
+    olive = result.get("olive")
+    if olive:
+        best = olive["best"]
+        out.append(f"- Olive {olive['olive_version']} on kfopt's {olive['input']}: {olive['candidates_evaluated']} "
+                   f"candidates evaluated in {olive['seconds']} s, {olive['candidates_meeting_goal']} met the accuracy "
+                   f"goal ({olive['workflow']['accuracy_goal']}); Olive's pick (olive_best, {best['kind']}): "
+                   f"{_passes(best['passes'])}. Olive's own figures for it: p50 @1 "
+                   f"{fmt_ms(best['metrics']['latency-p50'])}, accuracy {best['metrics']['accuracy-accuracy_score']:.4f} "
+                   f"(its input: {fmt_ms(olive['input_metrics']['latency-p50'])}, "
+                   f"{olive['input_metrics']['accuracy-accuracy_score']:.4f}).")
+    if result["errors"].get("olive"):
+        out.append(f"- Olive: **not compared** — {result['errors']['olive']}")
+    out += ["", *_model_table(result), "", *_comparison_table(result), ""]
+    return out
+
+
+def _timings(results: dict) -> list[str]:
+    lines = ["| step | seconds | notes |", "|---|---|---|"]
+    env = results.get("olive_env", {})
+    if "error" in env:
+        lines.append(f"| Olive environment | – | {env['error']} |")
+    else:
+        lines.append(f"| Olive environment (.venv-olive) | {env['seconds']} | "
+                     f"{'created now' if env['created'] else 'already there (pins unchanged)'} |")
+    for name, r in results["configs"].items():
+        pipe = r.get("pipeline", {})
+        if "cold" in pipe:
+            cold = pipe["cold"]
+            lines.append(f"| {name}: `kfopt run`, cold cache | {cold['command_seconds']} | "
+                         f"{cold['tasks_executed']} tasks executed; the pipeline's own wall time "
+                         f"{cold['pipeline_seconds']} s |")
+        if "warm" in pipe:
+            warm, cold = pipe["warm"], pipe["cold"]
+            lines.append(f"| {name}: `kfopt run`, warm cache | {warm['command_seconds']} | "
+                         f"{warm['tasks_executed']} tasks executed; pipeline {warm['pipeline_seconds']} s; "
+                         f"warm / cold = {warm['command_seconds'] / cold['command_seconds']:.2f} (command), "
+                         f"{warm['pipeline_seconds'] / cold['pipeline_seconds']:.2f} (pipeline) |")
+        if r.get("olive"):
+            lines.append(f"| {name}: Olive workflow | {r['olive']['command_seconds']} | search itself "
+                         f"{r['olive']['seconds']} s |")
+        if "measure_seconds" in r:
+            lines.append(f"| {name}: timing and accuracy | {r['measure_seconds']} | {len(r['models'])} models |")
+        lines.append(f"| {name}: all | {r.get('seconds')} | |")
+    lines.append(f"| **total** | **{results['total_seconds']}** | |")
+    return lines
+
+
+def render(results: dict) -> str:
+    env = results["environment"]
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if k in ("tensorflow", "tf-keras", "ai-edge-litert",
+                                                                               "onnxruntime"))
+    olive_env = results.get("olive_env", {})
+    olive_libs = (", ".join(f"{k} {v}" for k, v in olive_env["versions"].items())
+                  if "versions" in olive_env else olive_env.get("error", ""))
+    any_cfg = next((c for c in results["configs"].values() if "settings" in c), None)
+    s = any_cfg["settings"] if any_cfg else {}
+    lines = [f"# kfopt bench, {results['created']}", "",
+             f"Machine: {env['cpu']}, {env['cores']} cores ({', '.join(env['cpu_flags'])}), accelerator: "
+             f"{env['accelerator']}; Python {env['python']}; {libs}. Olive side (.venv-olive): {olive_libs}.", ""]
+    if s:
+        lines += [f"Method: {s['threads']} thread; every model in its own process, loaded once; each timing is "
+                  f"kfopt.bench.time_calls ({s['warmup']} warm-up calls, then at least {s['min_runs']} timed calls "
+                  f"until the median's 95% CI is within {s['target_ci']:.0%} or {s['max_seconds']:g} s pass), repeated "
+                  f"in {s['rounds']} rounds with the models interleaved (order rotated each round). p50 = median of "
+                  "the rounds' medians; p10–p90 = the rounds' median 10th–90th percentiles of single calls; calls = "
+                  "timed calls over all rounds. Ratios are A / B within a round, median over rounds [range]; below 1 "
+                  "A is faster or smaller. Accuracy: the test split; Δ pp and agreement against the Keras model's "
+                  "own answers. Keras is timed as `model(x, training=False)` (eager): `model.predict` costs ~45 ms "
+                  "a call in this stack and is never used. kfopt's reference models are Keras models, so there is "
+                  "no torch-eager row.", ""]
+    for result in results["configs"].values():
+        lines += _config_section(result)
+    lines += ["## Time taken", "", *_timings(results), ""]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, markdown: str) -> None:
+    text = path.read_text()
+    body = re.sub(r"^# ", "### ", re.sub(r"^## ", "#### ", markdown, flags=re.M), flags=re.M)
+    block = f"{README_BEGIN}\n{body}\n{README_END}"
+    if README_BEGIN in text and README_END in text:
+        text = text[:text.index(README_BEGIN)] + block + text[text.index(README_END) + len(README_END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,163 @@
+"""The distill stage: a smaller student learns from the trained baseline (the teacher), then int8.
+
+The student is the teacher's own architecture with every layer's filters/units scaled by
+`student_width` (the output layer keeps its units), rebuilt from the Keras config, so it works for
+models kfopt did not build (e.g. tf_keras.applications) as well as for its own. Loss per batch:
+
+    alpha * CE(labels, student) + (1 - alpha) * T^2 * CE(teacher_T, student_T)
+
+where *_T are the distributions softened at temperature T (from log-probabilities, as the models end
+in softmax/sigmoid). The teacher's probabilities on the training split are computed once. The
+weights with the best validation accuracy are kept. Variants:
+
+    student              fp32 SavedModel
+    student_tflite_int8  its full-integer int8 TFLite, through the same fallback as tflite_int8
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfopt import variant
+from kfopt.data import dataset as ds_mod
+from kfopt.errors import ModelError
+from kfopt.export import child_meta
+from kfopt.formats import savedmodel
+from kfopt.optimize import checks
+from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, probabilities, write_skipped
+from kfopt.optimize.quantize import write_tflite_int8
+
+VARIANTS = [("student", "savedmodel", "cpu"), ("student_tflite_int8", "tflite", "edge")]
+LEARNING_RATE = 1e-3
+EPS = 1e-7
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+def student_like(teacher, width: float):
+    """The teacher's architecture with filters/units scaled by `width`, freshly initialised."""
+    from kfopt.tfenv import keras
+
+    k = keras()
+    if not isinstance(teacher, k.Sequential) and not getattr(teacher, "_is_graph_network", False):
+        raise ModelError("Distillation needs a Sequential or functional Keras model to derive the student from; "
+                         "this one is a subclassed model. Switch distillation off (distill_enabled=false).")
+    config = teacher.get_config()
+    outputs = set(teacher.output_names)
+    for layer in config["layers"]:
+        cfg = layer["config"]
+        if cfg.get("name") in outputs:
+            continue
+        for key in ("filters", "units"):
+            if isinstance(cfg.get(key), int):
+                cfg[key] = _scaled(cfg[key], width)
+    cls = k.Sequential if isinstance(teacher, k.Sequential) else k.Model
+    student = cls.from_config(config)
+    if student.count_params() >= teacher.count_params():
+        raise ModelError(f"The student ({student.count_params():,} parameters at width {width}) is not smaller "
+                         f"than the teacher ({teacher.count_params():,}); use a smaller student_width.")
+    return student
+
+
+def _losses(task: str, temperature: float, alpha: float):
+    """The distillation loss. Soft terms are cross-entropies to the softened teacher: they differ from
+    the KL divergence by the teacher's entropy, a constant that leaves the gradients unchanged."""
+    from kfopt.tfenv import keras, tf
+
+    t, losses = tf(), keras().losses
+
+    def loss(y, teacher_probs, student_probs):
+        if task == "binary":
+            ps = t.clip_by_value(t.reshape(student_probs, [-1, 1]), EPS, 1 - EPS)
+            pt = t.clip_by_value(t.reshape(teacher_probs, [-1, 1]), EPS, 1 - EPS)
+            hard = t.reduce_mean(losses.binary_crossentropy(t.cast(t.reshape(y, [-1, 1]), t.float32), ps))
+            target = t.sigmoid(t.math.log(pt / (1 - pt)) / temperature)
+            soft = t.reduce_mean(t.nn.sigmoid_cross_entropy_with_logits(
+                labels=target, logits=t.math.log(ps / (1 - ps)) / temperature))
+        else:
+            ps = t.clip_by_value(student_probs, EPS, 1.0)
+            hard = t.reduce_mean(losses.sparse_categorical_crossentropy(y, ps))
+            target = t.nn.softmax(t.math.log(t.clip_by_value(teacher_probs, EPS, 1.0)) / temperature)
+            soft = -t.reduce_mean(t.reduce_sum(target * t.nn.log_softmax(t.math.log(ps) / temperature), axis=-1))
+        return alpha * hard + (1 - alpha) * temperature ** 2 * soft
+
+    return loss
+
+
+def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: float, alpha: float, epochs: int,
+                  seed: int = 1):
+    """Train the student; returns (student with its best validation weights, history)."""
+    from kfopt import verify
+    from kfopt.tfenv import keras, tf
+
+    t, k = tf(), keras()
+    k.utils.set_random_seed(seed)
+    student = student_like(teacher, width)
+    (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
+    teacher_probs = probabilities(teacher, xt)
+    data = (t.data.Dataset.from_tensor_slices((xt, yt, teacher_probs)).shuffle(len(xt), seed=seed)
+            .batch(FINE_TUNE_BATCH))
+    optimizer = k.optimizers.Adam(LEARNING_RATE)
+    loss_fn = _losses(ds.schema.task, temperature, alpha)
+
+    @t.function
+    def step(x, y, tp):
+        with t.GradientTape() as tape:
+            loss = loss_fn(y, tp, student(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, student.trainable_variables), student.trainable_variables))
+        return loss
+
+    history: dict[str, list[float]] = {"loss": [], "val_accuracy": []}
+    best, best_weights = -1.0, student.get_weights()
+    for _ in range(epochs):
+        losses = [float(step(x, y, tp)) for x, y, tp in data]
+        acc = verify.quality(probabilities(student, xv), yv, ds.schema.task)["accuracy"]
+        history["loss"].append(float(np.mean(losses)))
+        history["val_accuracy"].append(acc)
+        if acc > best:
+            best, best_weights = acc, student.get_weights()
+    student.set_weights(best_weights)
+    return student, history
+
+
+def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
+        temperature: float = 4.0, alpha: float = 0.3, epochs: int = 15, calibration_samples: int = 200,
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
+    checks.distill(student_width, temperature, alpha, epochs)
+    checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
+    parent = variant.read(baseline_dir)
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        if not enabled:
+            write_skipped(tmp, VARIANTS, SWITCHED_OFF, "distill", parent.name)
+            return {"variants": 0}
+        ds = ds_mod.read(dataset_dir)
+        samples = calibration_set(ds, calibration_samples)
+        teacher = savedmodel.load_keras(baseline_dir)
+        start = time.perf_counter()
+        student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
+                                         epochs=epochs)
+        from kfopt import verify
+
+        xt, yt = ds.split("test")
+        test_acc = verify.quality(probabilities(student, xt), yt, ds.schema.task)["accuracy"]
+        meta = child_meta(parent, "student", technique="distill", params={
+            "student_width": student_width, "temperature": temperature, "alpha": alpha, "epochs": epochs,
+            "learning_rate": LEARNING_RATE}, extra={
+            "parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
+            "test_accuracy": test_acc, "best_val_accuracy": max(history["val_accuracy"]), "history": history})
+        savedmodel.save(student, tmp / "student")
+        meta = variant.write(tmp / "student", meta)
+        seconds = round(time.perf_counter() - start, 2)
+        gate = Gate.for_model(student, ds, accuracy_budget, min_agreement)
+        write_tflite_int8(student, meta, "student_tflite_int8", tmp / "student_tflite_int8", samples, gate,
+                          fallback_max_attempts, technique="distill+quantize",
+                          params={"student_width": student_width,
+                                  "calibration_samples_requested": calibration_samples})
+    return {"student_parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
+            "student_test_accuracy": test_acc, "distill_seconds": seconds, "variants": 2}

@@ -1,0 +1,124 @@
+"""The prune stage: tfmot magnitude pruning to each target sparsity, then the same int8 chain.
+
+For each sparsity s: prune_low_magnitude with a PolynomialDecay schedule from 0 to s, fine-tuned on
+the training split. tfmot updates masks only on steps that are multiples of `frequency` up to
+`end_step`, so end_step is a multiple of frequency and training runs a quarter past it: the final
+mask update lands exactly on s and the remaining steps let the surviving weights recover.
+strip_pruning removes the wrappers before export. Variants per sparsity:
+
+    pruned_<NN>              fp32 SavedModel, sparsity per layer and overall in kfopt.json
+    pruned_<NN>_tflite_int8  its full-integer int8 TFLite (the size win multiplies after gzip)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfopt import variant
+from kfopt.data import dataset as ds_mod
+from kfopt.export import child_meta
+from kfopt.formats import savedmodel
+from kfopt.optimize import checks
+from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, write_skipped
+from kfopt.optimize.quantize import write_tflite_int8
+
+LEARNING_RATE = 5e-4  # fine-tuning a trained model while its weights are removed
+MASK_UPDATES = 10  # pruning steps of the schedule, evenly spaced up to end_step
+RECOVERY = 0.25  # share of the fine-tuning steps after the last mask update
+
+
+def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH) -> dict[str, int]:
+    """end_step (a multiple of frequency, about 75% of the steps) and frequency for the schedule."""
+    total = epochs * int(np.ceil(train_samples / batch))
+    frequency = max(1, int((1 - RECOVERY) * total) // MASK_UPDATES)
+    return {"total_steps": total, "frequency": frequency, "end_step": frequency * MASK_UPDATES}
+
+
+def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1):
+    """Fine-tune with magnitude pruning to `sparsity`; returns (stripped model, schedule, pruned layers)."""
+    import tensorflow_model_optimization as tfmot
+
+    from kfopt.models.train import compile_model
+    from kfopt.tfenv import keras
+
+    keras().utils.set_random_seed(seed)
+    xt, yt = ds.split("train")
+    steps = schedule_steps(len(xt), epochs)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+                                                    end_step=steps["end_step"], frequency=steps["frequency"])
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    # {layer: indices of its pruned weights}; tfmot wraps every layer but prunes only kernels it knows
+    pruned_layers = {}
+    for layer in wrapped.layers:
+        pruned = {id(weight) for weight, _, _ in getattr(layer, "pruning_vars", [])}
+        if pruned:
+            pruned_layers[layer.layer.name] = [i for i, w in enumerate(layer.layer.weights) if id(w) in pruned]
+    compile_model(wrapped, ds.schema.task, LEARNING_RATE)
+    wrapped.fit(xt, yt, epochs=epochs, batch_size=FINE_TUNE_BATCH, shuffle=True, verbose=0,
+                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    return tfmot.sparsity.keras.strip_pruning(wrapped), steps, pruned_layers
+
+
+def measured_sparsity(model, pruned_layers: dict[str, list[int]]) -> dict[str, Any]:
+    """Zeros per pruned layer (its pruned kernels), overall over pruned kernels, and over all weights."""
+    layers, zeros, size = {}, 0, 0
+    for name, indices in pruned_layers.items():
+        weights = model.get_layer(name).get_weights()
+        z, n = sum(int((weights[i] == 0).sum()) for i in indices), sum(weights[i].size for i in indices)
+        layers[name] = round(z / n, 4)
+        zeros, size = zeros + z, size + n
+    every = np.concatenate([w.ravel() for w in model.get_weights()]) if model.get_weights() else np.zeros(0)
+    return {"overall": round(zeros / size, 4) if size else 0.0, "layers": layers,
+            "all_weights": round(float((every == 0).mean()), 4) if every.size else 0.0}
+
+
+def _with_sizes(vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
+    """Record raw and gzip size (as the benchmark measures them) in kfopt.json extra."""
+    from kfopt import bench
+
+    meta.extra.update(bench.sizes(vdir, meta))
+    return variant.write(vdir, meta)
+
+
+def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
+        sparsities: list[float] = (0.5, 0.8), epochs: int = 4, calibration_samples: int = 200,
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
+    sparsities = [float(s) for s in sparsities]
+    checks.prune(sparsities, epochs)
+    checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
+    parent = variant.read(baseline_dir)
+    metrics: dict[str, Any] = {}
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        if not enabled:
+            names = [(n, fmt, tgt) for n in map(checks.pruned_name, sparsities)
+                     for n, fmt, tgt in ((n, "savedmodel", "cpu"), (f"{n}_tflite_int8", "tflite", "edge"))]
+            write_skipped(tmp, names, SWITCHED_OFF, "prune", parent.name)
+            return {"variants": 0}
+        ds = ds_mod.read(dataset_dir)
+        samples = calibration_set(ds, calibration_samples)
+        for sparsity in sparsities:
+            name = checks.pruned_name(sparsity)
+            start = time.perf_counter()
+            model, steps, pruned_layers = prune_model(savedmodel.load_keras(baseline_dir), ds, sparsity, epochs)
+            measured = measured_sparsity(model, pruned_layers)
+            meta = child_meta(parent, name, technique="prune", params={
+                "target_sparsity": sparsity, "epochs": epochs, "schedule": "PolynomialDecay", **steps,
+                "learning_rate": LEARNING_RATE}, extra={"sparsity": measured})
+            savedmodel.save(model, tmp / name)
+            meta = _with_sizes(tmp / name, variant.write(tmp / name, meta))
+            gate = Gate.for_model(model, ds, accuracy_budget, min_agreement)
+            int8 = write_tflite_int8(model, meta, f"{name}_tflite_int8", tmp / f"{name}_tflite_int8", samples, gate,
+                                     fallback_max_attempts, technique="prune+quantize",
+                                     params={"target_sparsity": sparsity,
+                                             "calibration_samples_requested": calibration_samples})
+            int8 = _with_sizes(tmp / f"{name}_tflite_int8", int8)
+            metrics[f"{name}_sparsity"] = measured["overall"]
+            metrics[f"{name}_size_gzip_bytes"] = meta.extra["size_gzip_bytes"]
+            metrics[f"{name}_tflite_int8_size_gzip_bytes"] = int8.extra["size_gzip_bytes"]
+            metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+        metrics["variants"] = len(variant.discover(tmp))
+    return metrics
