@@ -183,8 +183,11 @@ class Worker:
 
 
 def measure(models: list[dict], src: Path, cfg_out: Path, dataset_dir: Path, rounds: int, settings: dict,
-            log=print) -> None:
-    """Time every model at every batch size, `rounds` times, rotating the order each round."""
+            log=print) -> dict[str, float]:
+    """Time every model at every batch size, `rounds` times, rotating the order each round.
+
+    Returns the 1-minute load average when the rounds start and end (other processes add noise).
+    """
     (cfg_out / "logs").mkdir(parents=True, exist_ok=True)
     (cfg_out / "predictions").mkdir(parents=True, exist_ok=True)
     workers: dict[str, Worker] = {}
@@ -204,6 +207,7 @@ def measure(models: list[dict], src: Path, cfg_out: Path, dataset_dir: Path, rou
             except BenchError as exc:
                 m["error"] = str(exc)
                 log(f"    {m['name']}: FAILED to load: {exc}")
+        load = {"before": os.getloadavg()[0], "cores": os.cpu_count()}
         for r in range(rounds):
             order = live[r % len(live):] + live[:r % len(live)] if live else []
             for bs in BATCHES:
@@ -215,6 +219,8 @@ def measure(models: list[dict], src: Path, cfg_out: Path, dataset_dir: Path, rou
                     except BenchError as exc:
                         m["error"] = str(exc)
             log(f"    round {r + 1}/{rounds} done")
+        load["after"] = os.getloadavg()[0]
+        return load
     finally:
         for worker in workers.values():
             worker.close()
@@ -251,7 +257,10 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     models: list[dict] = [{"name": "keras_eager", "kind": "keras", "dir": variants["baseline"],
                            "what": "as trained: Keras model(x) eager", "runtime": "TensorFlow eager",
                            "precision": base_meta.precision, "meta": base_meta}]
-    wanted = {choice.get("chosen")} if choice.get("chosen") else set()
+    onnx_rows = [r for r in report["rows"] if r.get("status") == "ok" and r["format"] == "onnx"
+                 and r.get("verification", {}).get("passed") and "1" in r.get("latency", {})]
+    result["kfopt_best_onnx"] = min(onnx_rows, key=lambda r: r["latency"]["1"]["p50_ms"])["name"] if onnx_rows else None
+    wanted = {n for n in (choice.get("chosen"), result["kfopt_best_onnx"]) if n}
     for row in report["rows"]:
         if row.get("status") != "ok" or row.get("hardware") != "cpu":
             continue
@@ -261,7 +270,8 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     for name in sorted(wanted, key=lambda n: (n != choice.get("chosen"), n)):
         meta = variant.read(variants[name], verify=False)
         models.append({"name": name, "kind": "variant", "dir": variants[name], "meta": meta,
-                       "what": "kfopt's choice for cpu" if name == choice.get("chosen") else f"kfopt {meta.technique}",
+                       "what": (f"kfopt's choice for cpu ({meta.technique})" if name == choice.get("chosen")
+                                else f"kfopt {meta.technique}"),
                        "runtime": formats.get(meta.format).runtime, "precision": meta.precision})
 
     if olive is None:
@@ -285,7 +295,7 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
 
     log(f"  timing {len(models)} models × batch {', '.join(map(str, BATCHES))} × {rounds} rounds")
     start = time.perf_counter()
-    measure(models, src, cfg_out, datasets["test"], rounds, settings, log)
+    result["load_average"] = measure(models, src, cfg_out, datasets["test"], rounds, settings, log)
     result["measure_seconds"] = round(time.perf_counter() - start, 1)
 
     y = ds_mod.read(datasets["test"]).split("test")[1]

@@ -39,6 +39,9 @@ def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
     if best:
         pairs.append(("kfopt best vs Keras eager", best, "keras_eager"))
         pairs.append(("kfopt best vs Olive best", best, "olive_best"))
+    best_onnx = result.get("kfopt_best_onnx")
+    if best_onnx:
+        pairs.append(("kfopt's best ONNX vs Olive best (both ONNX Runtime)", best_onnx, "olive_best"))
     for fmt in ("tflite", "onnx"):
         ref = next((n for n, m in models.items() if m["format"] == fmt and m["precision"] == "fp32"
                     and m.get("technique") == "export"), None)
@@ -50,11 +53,15 @@ def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
                 pairs.append((f"int8 vs fp32 in {runtime}", name, ref))
     rows = []
     for title, a, b in pairs:
-        if a not in models or b not in models:
-            rows.append({"title": title, "a": a, "b": b, "missing": f"{b if b not in models else a} was not measured"})
+        absent = [n for n in (a, b) if n not in models]
+        if absent:
+            rows.append({"title": title, "a": a, "b": b, "missing": f"{' and '.join(absent)} not available"})
             continue
-        for bs in sorted({bs for n in (a, b) if n in timed for bs in models[n]["latency"]}, key=int):
-            if a in timed and b in timed:
+        untimed = [n for n in (a, b) if n not in timed]
+        if untimed:
+            rows.append({"title": title, "a": a, "b": b, "missing": f"{' and '.join(untimed)} failed to run"})
+        else:
+            for bs in sorted(set(models[a]["latency"]) & set(models[b]["latency"]), key=int):
                 la, lb = models[a]["latency"][bs], models[b]["latency"][bs]
                 rows.append({"title": title, "a": a, "b": b, "measure": f"p50 @{bs}", "kind": "latency",
                              "a_value": la["p50_ms"], "b_value": lb["p50_ms"],
@@ -83,7 +90,9 @@ def _reading(row: dict) -> str:
     if row["min"] < 1 < row["max"]:
         return "no clear difference (rounds straddle 1)"
     r = row["ratio"]
-    return f"A {1 / r:.3g}× {faster}" if r < 1 else f"A {r:.3g}× {slower}"
+    factor = 1 / r if r < 1 else r
+    text = f"{factor:,.0f}" if factor >= 100 else f"{factor:.3g}"
+    return f"A {text}× {faster if r < 1 else slower}"
 
 
 def _spread(lat: dict) -> str:
@@ -135,11 +144,11 @@ def _comparison_table(result: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for row in result["comparisons"]:
         if "missing" in row:
-            lines.append(f"| {row['title']} | {row['a']} | {row['b']} | | | | not measured: {row['missing']} | |")
+            lines.append(f"| {row['title']} | {row['a']} | {row['b']} | | | | not compared: {row['missing']} | |")
             continue
-        rng = f"[{row['min']:.3g}–{row['max']:.3g}]" if row["kind"] == "latency" else ""
+        rng = f" [{row['min']:.3g}–{row['max']:.3g}]" if row["kind"] == "latency" else ""
         lines.append(f"| {row['title']} | {row['a']} | {row['b']} | {row['measure']} | {_value(row, 'a_value')} | "
-                     f"{_value(row, 'b_value')} | {row['ratio']:.3g} {rng} | {_reading(row)} |")
+                     f"{_value(row, 'b_value')} | {row['ratio']:.3g}{rng} | {_reading(row)} |")
     return lines
 
 
@@ -155,6 +164,9 @@ def _config_section(result: dict) -> list[str]:
            "",
            f"- kfopt's choice for the cpu target ({choice.get('objective')}): **{choice.get('chosen')}** — "
            f"{choice.get('reason')}"]
+    if result.get("kfopt_best_onnx"):
+        out.append(f"- kfopt's fastest verified ONNX Runtime variant (same rule, latency:1, in the pipeline's "
+                   f"benchmark): **{result['kfopt_best_onnx']}**, for the same-runtime comparison with Olive")
     olive = result.get("olive")
     if olive:
         best = olive["best"]
@@ -165,6 +177,12 @@ def _config_section(result: dict) -> list[str]:
                    f"{fmt_ms(best['metrics']['latency-p50'])}, accuracy {best['metrics']['accuracy-accuracy_score']:.4f} "
                    f"(its input: {fmt_ms(olive['input_metrics']['latency-p50'])}, "
                    f"{olive['input_metrics']['accuracy-accuracy_score']:.4f}).")
+    load = result.get("load_average")
+    if load:
+        out.append(f"- Load average (1 min) on this machine's {load['cores']} cores while timing: "
+                   f"{load['before']:.1f} at the start, {load['after']:.1f} at the end"
+                   + (" — other processes were running; expect noisier figures than on an idle machine."
+                      if max(load["before"], load["after"]) > 0.5 * load["cores"] else "."))
     if result["errors"].get("olive"):
         out.append(f"- Olive: **not compared** — {result['errors']['olive']}")
     out += ["", *_model_table(result), "", *_comparison_table(result), ""]

@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     print(f"kfopt {__version__}: running pipeline '{cfg.name}' locally (kfp.local) on {cfg.data.source}", flush=True)
-    run_dir = local_run.run(cfg, Path(args.runs_dir), cache=not args.no_cache)
+    run_dir = local_run.run(cfg, Path(args.runs_dir), cache=not args.no_cache, verbose=args.verbose)
     data = local_run.load_report(run_dir / "report.json")
     print("\n" + report.text_table(data))
     if (run_dir / "publish.json").is_file():
@@ -77,6 +77,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     deployment = deploy_mod.load(cfg.deployment)
+    if not cfg.publish.registry and (deployment.pipeline_root or "").startswith("gs://"):
+        cfg.publish.registry = "/".join(deployment.pipeline_root.split("/")[:3]) + "/registry"  # same bucket
     out = Path(args.output)
     tmp = out.with_name(f".partial-{out.name}")
     try:
@@ -85,6 +87,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     print(f"Compiled pipeline ({cfg.name}, deployment {deployment.name}) → {out}")
+    print(f"Model registry: {cfg.publish.registry or 'none set (publish.registry): the publish step will fail'}")
     return 0
 
 
@@ -116,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     with_config(r)
     r.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs/)")
     r.add_argument("--no-cache", action="store_true", help="re-run every stage even if cached")
+    r.add_argument("--verbose", action="store_true", help="show every task's full log (always in <run>/pipeline.log)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile the pipeline to a KFP YAML package")

@@ -78,7 +78,7 @@ class QuantizeConfig:
 class PruneConfig:
     enabled: bool = True
     sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8])
-    epochs: int = 4  # fine-tuning epochs; the schedule ends at ~75% of them
+    epochs: int = 8  # fine-tuning epochs; the schedule ends at ~75% of them
 
 
 @dataclasses.dataclass
@@ -86,8 +86,8 @@ class DistillConfig:
     enabled: bool = True
     student_width: float = 0.5  # the student's filters/units relative to the teacher's, in (0, 1)
     temperature: float = 4.0
-    alpha: float = 0.3  # weight of the hard-label loss; 1 - alpha goes to matching the teacher
-    epochs: int = 15
+    alpha: float = 0.1  # weight of the hard-label loss; 1 - alpha goes to matching the teacher
+    epochs: int = 30
 
 
 @dataclasses.dataclass

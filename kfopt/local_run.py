@@ -9,11 +9,14 @@ settings reuses finished stages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -26,8 +29,44 @@ from kfopt.errors import KfoptError
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
-def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = True) -> Path:
-    """Run the whole pipeline; return the run folder (holding report.*)."""
+class _Console:
+    """stdout during a local run: everything goes to pipeline.log, the terminal gets progress lines.
+
+    kfp.local echoes every task's full executor input/output; a user wants to see which stage runs,
+    how it ended, and kfopt's own one-line messages. `kfopt run --verbose` shows everything.
+    """
+
+    SHOW = re.compile(r"Executing task|Task '.*' finished with status|Pipeline '.*' finished|^kfopt |"
+                      r"^\s+\S+\s+(acc |skipped: |FAILED: )")
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, log_path: Path, terminal, verbose: bool):
+        self._log = open(log_path, "a")
+        self._terminal, self._verbose, self._pending = terminal, verbose, ""
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            clean = self.ANSI.sub("", line)
+            if self._verbose or self.SHOW.search(clean):
+                self._terminal.write((line if self._verbose else clean.split(" - INFO - ")[-1]) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+        self._terminal.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = True, verbose: bool = False) -> Path:
+    """Run the whole pipeline; return the run folder (holding report.*, pipeline.log)."""
     from kfp import local
 
     from kfopt import deployment as deploy_mod
@@ -37,6 +76,8 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     # Node-pool placement (resources, selectors) is for clusters; kfp.local ignores it by design.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    # The image named in the deployment is for clusters; locally this venv is the environment.
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     pipeline = build(deploy_mod.load(cfg.deployment))
     cfg = with_registry(cfg, runs_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -48,13 +89,20 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline"),
                raise_on_error=True, enable_caching=cache, cache_root=str(Path(runs_dir).resolve() / ".kfp-cache"))
     start = time.perf_counter()
+    console = _Console(run_dir / "pipeline.log", sys.stdout, verbose)
     try:
-        task = pipeline(**cfg_mod.pipeline_params(cfg))
+        with contextlib.redirect_stdout(console):
+            task = pipeline(**cfg_mod.pipeline_params(cfg))
     except Exception as exc:  # noqa: BLE001 - kfp.local raises RuntimeError for a failed task
+        console.close()
         message = Path(error_file).read_text().strip()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise KfoptError(message or f"The local pipeline failed: {exc}") from None
+        log = run_dir.with_name(run_dir.name + ".failed.log")
+        shutil.move(run_dir / "pipeline.log", log)
+        shutil.rmtree(run_dir, ignore_errors=True)  # no half-made run folder; only its log stays
+        detail = message or f"The local pipeline failed: {_Console.ANSI.sub('', str(exc))}"
+        raise KfoptError(f"{detail} (full log: {log})") from None
     finally:
+        console.close()
         os.environ.pop("KFOPT_ERROR_FILE", None)
         Path(error_file).unlink(missing_ok=True)
     report_dir = Path(task.output.path)

@@ -282,8 +282,7 @@ def run(report_dir: Path, variant_roots: list[Path], registry_uri: str, name: st
                                  "reasons": ["publishing is switched off (publish.enabled is false)"], "metrics": {}}
                              for t, c in report["choices"].items()}
     else:
-        result.update(_publish(report, variant_roots, Registry(str(registry_uri)), name, result["run_id"],
-                               _dataset(dataset_dir), tolerances))
+        _publish(result, report, variant_roots, Registry(str(registry_uri)), _dataset(dataset_dir))
     with variant.staged_dir(Path(out_dir)) as tmp:
         (tmp / BLESSINGS).mkdir()
         for target, blessing in result["targets"].items():
@@ -293,8 +292,10 @@ def run(report_dir: Path, variant_roots: list[Path], registry_uri: str, name: st
     return result
 
 
-def _publish(report: dict[str, Any], variant_roots: list[Path], reg: Registry, name: str, run_id: str,
-             dataset: dict[str, Any] | None, tolerances: dict[str, float]) -> dict[str, Any]:
+def _publish(result: dict[str, Any], report: dict[str, Any], variant_roots: list[Path], reg: Registry,
+             dataset: dict[str, Any] | None) -> None:
+    """Write the run into the registry, gate every target; fills in `result` and records it as publish.json."""
+    name, run_id = result["name"], result["run_id"]
     variants = _index(variant_roots)
     baseline_dir = _variant_dir(variants, report["baseline"]["name"])
     variant.read(baseline_dir)
@@ -311,13 +312,12 @@ def _publish(report: dict[str, Any], variant_roots: list[Path], reg: Registry, n
         vdir = _variant_dir(variants, vname)
         variant.read(vdir)
         storage.upload_dir(vdir, f"{reg.optimized(name, version)}/{vname}")
-    pub = _Run(report, variants, reg, name, version, run_id, dataset, tolerances)
-    targets = {t: pub.target(t, c) for t, c in report["choices"].items()}
-    result = {"version": version, "optimized": optimized, "targets": targets,
-              "uris": {"version": reg.version_dir(name, version), "trained": reg.trained(name, version),
-                       "optimized": reg.optimized(name, version)}}
-    storage.write_bytes(f"{reg.version_dir(name, version)}/{PUBLISH_JSON}", _dumps(result | {"run_id": run_id}))
-    return result
+    pub = _Run(report, variants, reg, name, version, run_id, dataset, result["tolerances"])
+    result.update(version=version, optimized=optimized,
+                  uris={"version": reg.version_dir(name, version), "trained": reg.trained(name, version),
+                        "optimized": reg.optimized(name, version)},
+                  targets={t: pub.target(t, c) for t, c in report["choices"].items()})
+    storage.write_bytes(f"{reg.version_dir(name, version)}/{PUBLISH_JSON}", _dumps(result))
 
 
 def summary_lines(pub: dict[str, Any]) -> list[str]:

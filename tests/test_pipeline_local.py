@@ -73,7 +73,9 @@ def test_failed_stage_is_one_message_and_no_run_left(tmp_path, capsys):
     assert main(["run", "--runs-dir", str(tmp_path), "--data", str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err
     assert "kfopt preprocess:" in err and "missing.csv" in err and "Traceback" not in err
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("digits_cnn-")]
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("digits_cnn-")]
+    (log,) = tmp_path.glob("digits_cnn-*.failed.log")
+    assert "missing.csv" in log.read_text() and str(log) in err
 
 
 def test_unknown_architecture_fails_before_running(tmp_path, capsys):

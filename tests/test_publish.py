@@ -57,7 +57,7 @@ def test_first_publish_writes_the_registry_layout(run_outputs, tmp_path):
         assert variant.read(m / "optimized_models" / NAME / "v1" / name).name == name
     version_dir = m / "versions" / NAME / "v1"
     assert json.loads((version_dir / "claim.json").read_text())["run_id"] == result["run_id"]
-    assert json.loads((version_dir / "publish.json").read_text())["targets"] == result["targets"]
+    assert json.loads((version_dir / "publish.json").read_text()) == result == json.loads((out / "publish.json").read_text())
     assert json.loads((version_dir / "report.json").read_text()) == rep
 
     chosen = rep["choices"]["cpu"]["chosen"]
@@ -383,14 +383,25 @@ def test_local_runs_pass_an_absolute_registry(tmp_path, monkeypatch):
     assert local_run.with_registry(cfg, Path("runs")).publish.registry == "gs://bucket/reg"
 
 
+def test_local_run_puts_the_gate_outcome_beside_and_into_the_report(run_outputs, tmp_path):
+    run_dir = tmp_path / "run"
+    task_out = run_dir / "pipeline" / "kfopt-2026-01-01-00-00-00-000000" / "publish" / "blessings"
+    result = publish(run_outputs, tmp_path / "r", task_out)  # where kfp.local puts the publish task's output
+    run_dir.joinpath("report.json").write_text(json.dumps(run_outputs["report"]))
+    local_run._add_publish(run_dir)
+    assert json.loads((run_dir / "publish.json").read_text()) == result
+    assert json.loads((run_dir / "report.json").read_text())["publish"] == result
+    assert "## Publishing" in (run_dir / "report.md").read_text()
+    assert "<h2>Publishing</h2>" in (run_dir / "report.html").read_text()
+
+
+def test_compile_defaults_the_registry_to_the_pipeline_roots_bucket(tmp_path, capsys):
+    assert cli.main(["compile", "-o", str(tmp_path / "p.yaml")]) == 0
+    assert "Model registry: gs://my-project-kfopt/registry" in capsys.readouterr().out
+    assert "[Default: 'gs://my-project-kfopt/registry']" in (tmp_path / "p.yaml").read_text()
+
+
 def test_empty_registry_is_refused_before_anything_is_written(run_outputs, tmp_path):
     with pytest.raises(ConfigError, match="No model registry is set"):
         publish_mod.run(run_outputs["report_dir"], run_outputs["roots"], "", NAME, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_report_html_has_the_publishing_section(run_outputs, tmp_path):
-    result = publish(run_outputs, tmp_path / "r", tmp_path / "out")
-    data = {**run_outputs["report"], "publish": result}
-    page = report.html_page(data, report.markdown(data))
-    assert "<h2>Publishing</h2>" in page and f"cpu: promoted {result['targets']['cpu']['variant']} as v1" in page

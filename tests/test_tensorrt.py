@@ -238,3 +238,20 @@ def test_runner_on_gpu(exports, test_x, tmp_path):
     for n in (1, 7, 64, len(test_x)):  # within, below opt, at max, beyond max (chunked)
         got = runner.predict(test_x[:n])
         assert got.shape == expected[:n].shape and np.abs(got - expected[:n]).max() < 1e-2
+
+
+def test_stage_row_for_a_graph_that_cannot_go_float16(quantized, tmp_path, monkeypatch):
+    """A quantized graph handed over as the fp32 export: a skipped trt_fp16 with the reason, not a crash."""
+    import shutil
+
+    rtx()
+    monkeypatch.setattr(formats, "device_missing", lambda hw: NO_GPU)
+    src = tmp_path / "exports" / "onnx_fp32"
+    shutil.copytree(quantized / "onnx_int8_trt", src)
+    meta = variant.read(src)
+    meta.name = "onnx_fp32"
+    variant.write(src, meta)
+    tensorrt_stage.run(tmp_path / "exports", tmp_path / "set", **PROFILE)
+    fp16 = variant.read(tmp_path / "set" / "trt_fp16")
+    assert fp16.skipped and fp16.reason.startswith("cannot convert onnx_fp32 to float16: Graph")
+    assert "already quantized" in fp16.reason

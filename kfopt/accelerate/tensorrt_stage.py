@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from kfopt import formats, variant
 from kfopt.accelerate import onnx_fp16
+from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import tensorrt as trt_fmt
@@ -83,7 +84,13 @@ def _build_one(name: str, src_dir: Path, src: variant.VariantMeta, vdir: Path, t
         if precision == "fp16":
             import onnx
 
-            proto, extra["fp16_conversion"] = onnx_fp16.convert(onnx.load(str(onnx_path)))
+            try:
+                proto, extra["fp16_conversion"] = onnx_fp16.convert(onnx.load(str(onnx_path)))
+            except ModelError as exc:  # a graph TensorRT cannot take in float16 is a row, like a parse failure
+                reason = f"cannot convert {src.name} to float16: {exc}"
+                log(f"  {name:<10} skipped: {reason}")
+                return variant.write_skipped(vdir, name, "tensorrt", "gpu", reason, technique=TECHNIQUE,
+                                             parent=src.name, precision=precision).to_dict()
             onnx_path = Path(scratch) / "model.fp16.onnx"
             onnx.save(proto, str(onnx_path))
         result = trt_fmt.build_engine(onnx_path, vdir, **settings, timing_cache_path=cache,

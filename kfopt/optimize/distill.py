@@ -127,7 +127,7 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
 
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
-        temperature: float = 4.0, alpha: float = 0.3, epochs: int = 15, calibration_samples: int = 200,
+        temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
     checks.distill(student_width, temperature, alpha, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)

@@ -26,7 +26,7 @@ from kfopt.optimize import checks
 from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, write_skipped
 from kfopt.optimize.quantize import write_tflite_int8
 
-LEARNING_RATE = 5e-4  # fine-tuning a trained model while its weights are removed
+LEARNING_RATE = 1e-3  # Adam's default: the surviving weights must move to make up for the removed ones
 MASK_UPDATES = 10  # pruning steps of the schedule, evenly spaced up to end_step
 RECOVERY = 0.25  # share of the fine-tuning steps after the last mask update
 
@@ -85,7 +85,7 @@ def _with_sizes(vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
 
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
-        sparsities: list[float] = (0.5, 0.8), epochs: int = 4, calibration_samples: int = 200,
+        sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
     sparsities = [float(s) for s in sparsities]
     checks.prune(sparsities, epochs)
