@@ -64,15 +64,17 @@ def snapshot(out: Path) -> Path:
     return src
 
 
-def child_env(src: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1", **extra}
+def child_env(src: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
 
 
-def run_pipeline(src: Path, config: str, runs_dir: Path, log: Path) -> dict[str, Any]:
+def run_pipeline(src: Path, config: str, runs_dir: Path, overrides: list[str], log: Path) -> dict[str, Any]:
     start = time.perf_counter()
+    command = [sys.executable, "-m", "kfopt.cli", "run", "--config", config, "--runs-dir", str(runs_dir)]
+    for pair in overrides:
+        command += ["--set", pair]
     with open(log, "w") as handle:
-        proc = subprocess.run([sys.executable, "-m", "kfopt.cli", "run", "--config", config, "--runs-dir", str(runs_dir)],
-                              cwd=src, env=child_env(src), stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.run(command, cwd=src, env=child_env(src), stdout=handle, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     text = log.read_text()
     if proc.returncode != 0:
@@ -122,7 +124,8 @@ def olive_models(olive: dict, cfg_out: Path, variants: dict[str, Path], datasets
                               env={**os.environ, "OLIVE_DISABLE_TELEMETRY": "1", "PYTHONPATH": ""},
                               stdout=handle, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise BenchError(f"the Olive workflow failed (exit {proc.returncode}): {last_line(log.read_text())} (log: {log})")
+        raise BenchError(f"the Olive workflow failed (exit {proc.returncode}): {last_line(log.read_text())} "
+                         f"(log: {log})")
     summary = json.loads((work / "summary.json").read_text())
     summary["command_seconds"] = round(time.perf_counter() - start, 1)
     summary["input"] = parent.name
@@ -227,7 +230,7 @@ def measure(models: list[dict], src: Path, cfg_out: Path, dataset_dir: Path, rou
 
 
 def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: int, settings: dict,
-                 log=print) -> dict[str, Any]:
+                 overrides: list[str], log=print) -> dict[str, Any]:
     from kfopt import bench as kbench
     from kfopt import formats, variant, verify
     from kfopt.data import dataset as ds_mod
@@ -235,12 +238,12 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     cfg_out = out / config
     shutil.rmtree(cfg_out, ignore_errors=True)
     cfg_out.mkdir(parents=True)
-    result: dict[str, Any] = {"config": config, "errors": {}}
+    result: dict[str, Any] = {"config": config, "overrides": overrides, "errors": {}}
     runs_dir = out / "runs"
-    log(f"  pipeline, cold cache: kfopt run --config {config}")
-    result["pipeline"] = {"cold": run_pipeline(src, config, runs_dir, cfg_out / "pipeline-cold.log")}
+    log(f"  pipeline, cold cache: kfopt run --config {config}" + "".join(f" --set {o}" for o in overrides))
+    result["pipeline"] = {"cold": run_pipeline(src, config, runs_dir, overrides, cfg_out / "pipeline-cold.log")}
     log(f"    {result['pipeline']['cold']['command_seconds']} s; again with the cache warm")
-    result["pipeline"]["warm"] = run_pipeline(src, config, runs_dir, cfg_out / "pipeline-warm.log")
+    result["pipeline"]["warm"] = run_pipeline(src, config, runs_dir, overrides, cfg_out / "pipeline-warm.log")
     log(f"    {result['pipeline']['warm']['command_seconds']} s")
 
     run_dir = Path(result["pipeline"]["cold"]["run_dir"])
@@ -326,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=1.0, help="time_calls budget per model, batch and round")
     p.add_argument("--olive-venv", default=str(REPO / ".venv-olive"), help="Olive's virtual environment")
     p.add_argument("--no-olive", action="store_true", help="skip the Olive comparison")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="passed to every `kfopt run` (e.g. distill.enabled=false); shown in the results")
     p.add_argument("--update-readme", action="store_true", help="write the figures into bench/README.md")
     args = p.parse_args(argv)
 
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                "environment": fingerprint.collect(), "configs": {}}
-    shutil.rmtree(out / "runs" / ".kfp-cache", ignore_errors=True)  # the cold runs start from an empty cache
+    shutil.rmtree(out / "runs", ignore_errors=True)  # earlier bench runs, and the cache: cold runs start empty
 
     olive = None
     if args.no_olive:
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             results["configs"][config] = bench_config(config, src, out, olive, args.rounds, dict(settings),
-                                                      log=lambda msg: print(msg, flush=True))
+                                                      args.set, log=lambda msg: print(msg, flush=True))
         except (BenchError, OSError, KeyError, ValueError) as exc:
             results["configs"][config] = {"config": config, "fatal": f"{type(exc).__name__}: {exc}"}
             print(f"  FAILED: {exc}", flush=True)

@@ -90,6 +90,8 @@ def _reading(row: dict) -> str:
     if row["min"] < 1 < row["max"]:
         return "no clear difference (rounds straddle 1)"
     r = row["ratio"]
+    if abs(r - 1) < 0.01:
+        return "the same within 1%"
     factor = 1 / r if r < 1 else r
     text = f"{factor:,.0f}" if factor >= 100 else f"{factor:.3g}"
     return f"A {text}× {faster if r < 1 else slower}"
@@ -160,7 +162,9 @@ def _config_section(result: dict) -> list[str]:
     choice = result["kfopt_choice"]
     out = [f"## {name}", "",
            f"{result['task']}, {result['num_classes']} classes, {result['test_rows']} test rows; kfopt's accuracy "
-           f"budget {budget['accuracy_budget_pp']} pp, top-1 agreement ≥ {budget['min_agreement']}.",
+           f"budget {budget['accuracy_budget_pp']} pp, top-1 agreement ≥ {budget['min_agreement']}."
+           + (f" Pipeline run with overrides: {', '.join(f'`--set {o}`' for o in result['overrides'])}."
+              if result.get("overrides") else ""),
            "",
            f"- kfopt's choice for the cpu target ({choice.get('objective')}): **{choice.get('chosen')}** — "
            f"{choice.get('reason')}"]
@@ -174,7 +178,8 @@ def _config_section(result: dict) -> list[str]:
                    f"candidates evaluated in {olive['seconds']} s, {olive['candidates_meeting_goal']} met the accuracy "
                    f"goal ({olive['workflow']['accuracy_goal']}); Olive's pick (olive_best, {best['kind']}): "
                    f"{_passes(best['passes'])}. Olive's own figures for it: p50 @1 "
-                   f"{fmt_ms(best['metrics']['latency-p50'])}, accuracy {best['metrics']['accuracy-accuracy_score']:.4f} "
+                   f"{fmt_ms(best['metrics']['latency-p50'])}, "
+                   f"accuracy {best['metrics']['accuracy-accuracy_score']:.4f} "
                    f"(its input: {fmt_ms(olive['input_metrics']['latency-p50'])}, "
                    f"{olive['input_metrics']['accuracy-accuracy_score']:.4f}).")
     load = result.get("load_average")
@@ -222,8 +227,8 @@ def _timings(results: dict) -> list[str]:
 
 def render(results: dict) -> str:
     env = results["environment"]
-    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if k in ("tensorflow", "tf-keras", "ai-edge-litert",
-                                                                               "onnxruntime"))
+    shown = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime")
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if k in shown)
     olive_env = results.get("olive_env", {})
     olive_libs = (", ".join(f"{k} {v}" for k, v in olive_env["versions"].items())
                   if "versions" in olive_env else olive_env.get("error", ""))
@@ -237,7 +242,8 @@ def render(results: dict) -> str:
                   f"kfopt.bench.time_calls ({s['warmup']} warm-up calls, then at least {s['min_runs']} timed calls "
                   f"until the median's 95% CI is within {s['target_ci']:.0%} or {s['max_seconds']:g} s pass), repeated "
                   f"in {s['rounds']} rounds with the models interleaved (order rotated each round). p50 = median of "
-                  "the rounds' medians; p10–p90 = the rounds' median 10th–90th percentiles of single calls; calls = "
+                  "the rounds' medians; p10–p90 = the rounds' median 10th–90th percentiles of single calls; "
+                  "calls = "
                   "timed calls over all rounds. Ratios are A / B within a round, median over rounds [range]; below 1 "
                   "A is faster or smaller. Accuracy: the test split; Δ pp and agreement against the Keras model's "
                   "own answers. Keras is timed as `model(x, training=False)` (eager): `model.predict` costs ~45 ms "

@@ -2,6 +2,7 @@
 
 Outputs the blessings folder (blessings/<target>.json + publish.json) that later steps read, and the
 gate decisions as a Markdown artifact. Takes the same variant sets as the benchmark, to find the files.
+An empty registry parameter means gs://<bucket of the pipeline root>/registry.
 """
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
@@ -19,6 +20,7 @@ def publish(report_dir: Input[Model], dataset: Input[Dataset], baseline: Input[M
 
     with guard("publish"):
         sets = [a.path for a in (baseline, exports, quantized, pruned, distilled, tensorrt, xla) if a is not None]
+        registry = registry or stage.default_registry(blessings.uri)
         result = stage.run(report_dir.path, sets, registry, model_name, blessings.path,
                            accuracy_tolerance_pp=accuracy_tolerance_pp, latency_tolerance=latency_tolerance,
                            dataset_dir=dataset.path, enabled=enabled)

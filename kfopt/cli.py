@@ -77,8 +77,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     deployment = deploy_mod.load(cfg.deployment)
-    if not cfg.publish.registry and (deployment.pipeline_root or "").startswith("gs://"):
-        cfg.publish.registry = "/".join(deployment.pipeline_root.split("/")[:3]) + "/registry"  # same bucket
     out = Path(args.output)
     tmp = out.with_name(f".partial-{out.name}")
     try:
@@ -87,7 +85,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     print(f"Compiled pipeline ({cfg.name}, deployment {deployment.name}) → {out}")
-    print(f"Model registry: {cfg.publish.registry or 'none set (publish.registry): the publish step will fail'}")
     return 0
 
 

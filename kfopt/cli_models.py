@@ -101,7 +101,8 @@ def _describe(card: dict[str, Any]) -> list[str]:
         f"{card['name']} v{card['version']} — {card['target']}"
         + (f" (in service, promotion {card['promotion']})" if "promotion" in card else ""),
         f"  variant    {v['name']}: {v['format']} {v['precision']}, {v['technique']} from {v['parent'] or 'training'}",
-        f"  accuracy   {m['accuracy']:.4f} ({m['accuracy_delta_pp']:+.2f} pp vs baseline), agreement {m['agreement']:.3f}",
+        f"  accuracy   {m['accuracy']:.4f} ({m['accuracy_delta_pp']:+.2f} pp vs baseline), "
+        f"agreement {m['agreement']:.3f}",
         f"  latency    p50 {lat} on {env['hardware']}: {env['fingerprint'].get('cpu')}, "
         f"{env['fingerprint'].get('cores')} cores, accelerator {env['fingerprint'].get('accelerator')}",
         f"  size       {(m['size_bytes'] or 0) / 1024:.1f} KiB ({(m['size_gzip_bytes'] or 0) / 1024:.1f} KiB gzipped)",

@@ -134,7 +134,7 @@ class SelectConfig:
 @dataclasses.dataclass
 class PublishConfig:
     enabled: bool = True
-    registry: str = ""  # local folder or gs:// URI; empty: <runs dir>/registry for local runs
+    registry: str = ""  # folder or gs:// URI; empty: <runs dir>/registry locally, <pipeline root bucket>/registry
     model_name: str = ""  # empty: the config's name
     accuracy_tolerance_pp: float = 0.5  # a new model may be this much less accurate than the promoted one
     latency_tolerance: float = 0.10  # ... and this much slower (relative, same environment only)
@@ -349,7 +349,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("targets", "select.targets", "Deployment targets to choose a variant for (JSON list of cpu, edge, gpu, tpu)."),
     ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> or size (JSON object)."),
     ("publish_enabled", "publish.enabled", "Publish the run into the model registry, behind the regression gate."),
-    ("registry", "publish.registry", "Model registry root: a gs:// URI (or a local folder for local runs)."),
+    ("registry", "publish.registry", "Model registry root: a gs:// URI (or a folder); empty: gs://<pipeline root's bucket>/registry."),
     ("model_name", "publish.model_name", "Name the models are published under in the registry."),
     ("accuracy_tolerance_pp", "publish.accuracy_tolerance_pp", "Accuracy (pp) a new model may lose vs the promoted one and still replace it."),
     ("latency_tolerance", "publish.latency_tolerance", "Relative p50 latency a new model may add vs the promoted one (same environment only)."),

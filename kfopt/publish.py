@@ -48,6 +48,13 @@ def _dumps(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
+def default_registry(artifact_uri: str) -> str:
+    """The registry of a cluster run that names none: `registry` in the bucket of its pipeline root."""
+    if not artifact_uri.startswith("gs://"):
+        return ""
+    return "/".join(artifact_uri.split("/")[:3]) + "/registry"
+
+
 def check_name(name: str) -> None:
     if not _NAME.fullmatch(name or ""):
         raise ConfigError(f"Model name {name!r} cannot name a registry folder; use letters, digits, '.', '_' or '-' "
@@ -117,14 +124,16 @@ def gate(candidate: dict[str, Any], previous: dict[str, Any] | None, *, accuracy
         reasons.append(f"p50 at batch {batch} {lat:.4f} ms is {change:.0%} above {pv}'s {prev_lat:.4f} ms "
                        f"(tolerance {latency_tolerance:.0%}, same environment)")
     else:
-        reasons.append(f"p50 at batch {batch} {lat:.4f} ms vs {pv}'s {prev_lat:.4f} ms ({change:+.0%}, same environment)")
+        reasons.append(f"p50 at batch {batch} {lat:.4f} ms vs {pv}'s {prev_lat:.4f} ms ({change:+.0%}, "
+                       "same environment)")
     return ok, reasons, True
 
 
 def _no_triton(target: str, fmt: str) -> str:
     if target not in TRITON_TARGETS:
         return f"no Triton repository: {target} models are served from model/ ({fmt}), not by Triton"
-    return f"no Triton repository: {fmt} has no standard Triton backend and no variant Triton serves passed for {target}"
+    return (f"no Triton repository: {fmt} has no standard Triton backend and no variant Triton serves passed "
+            f"for {target}")
 
 
 class _Run:
@@ -204,13 +213,16 @@ class _Run:
             try:
                 previous = self.reg.promoted(target, self.name)
             except ArtifactError as err:
-                return {**blessing, "decision": "kept", "reasons": [f"not promoted: the promotion record is broken: {err}"]}
+                return {**blessing, "decision": "kept",
+                        "reasons": [f"not promoted: the promotion record is broken: {err}"]}
             serving = f"v{previous.version} stays in service" if previous else f"no model is promoted for {target} yet"
             if previous:
                 blessing.update(serving_version=previous.version, previous={
-                    "version": previous.version, "promotion": previous.number, "variant": previous.record.get("variant")})
+                    "version": previous.version, "promotion": previous.number,
+                    "variant": previous.record.get("variant")})
             if not choice.get("chosen"):
-                return {**blessing, "decision": "none", "reasons": [f"nothing to promote ({choice['reason']})", serving]}
+                return {**blessing, "decision": "none",
+                        "reasons": [f"nothing to promote ({choice['reason']})", serving]}
             row = _row(self.report["rows"], choice["chosen"], choice["hardware"])
             vdir = _variant_dir(self.variants, row["name"])
             blessing["metrics"] = {"accuracy": row["accuracy"],

@@ -196,8 +196,8 @@ class Registry:
         expected = promotion.record.get("card_sha256")
         if sha256(data) != expected:
             raise ArtifactError(f"the promoted model card {uri} does not match the sha256 recorded at promotion "
-                                f"{promotion.number} ({sha256(data)[:12]}… instead of {str(expected)[:12]}…), so it "
-                                f"was changed or corrupted; {fallback}.")
+                                f"{promotion.number} ({sha256(data)[:12]}… instead of {str(expected)[:12]}…), "
+                                f"so it was changed or corrupted; {fallback}.")
         return card
 
     def version_card(self, target: str, name: str, version: int) -> dict[str, Any] | None:

@@ -57,7 +57,8 @@ def test_first_publish_writes_the_registry_layout(run_outputs, tmp_path):
         assert variant.read(m / "optimized_models" / NAME / "v1" / name).name == name
     version_dir = m / "versions" / NAME / "v1"
     assert json.loads((version_dir / "claim.json").read_text())["run_id"] == result["run_id"]
-    assert json.loads((version_dir / "publish.json").read_text()) == result == json.loads((out / "publish.json").read_text())
+    assert json.loads((version_dir / "publish.json").read_text()) == result
+    assert json.loads((out / "publish.json").read_text()) == result
     assert json.loads((version_dir / "report.json").read_text()) == rep
 
     chosen = rep["choices"]["cpu"]["chosen"]
@@ -145,7 +146,8 @@ def test_gate_does_not_compare_latency_across_environments(run_outputs, tmp_path
         for row in chosen_rows(rep):
             row["latency"]["1"]["p50_ms"] *= 3
 
-    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", elsewhere_and_slower))
+    later = edited_report(run_outputs, tmp_path / "rep", elsewhere_and_slower)
+    result = publish(run_outputs, reg, tmp_path / "o2", later)
     cpu = result["targets"]["cpu"]
     assert cpu["decision"] == "promoted" and cpu["latency_compared"] is False
     card = json.loads((models(reg) / "deployment_models" / "cpu" / NAME / "v2" / "model_card.json").read_text())
@@ -173,7 +175,8 @@ def test_no_passing_variant_keeps_the_old_model_and_says_so(run_outputs, tmp_pat
     assert "## Publishing" in md and "- cpu: nothing to promote (no variant passed" in md
 
 
-@pytest.mark.parametrize("damage, expected", [("invalid-json", "is not valid JSON"), ("edited", "does not match the sha256")])
+@pytest.mark.parametrize("damage, expected", [("invalid-json", "is not valid JSON"),
+                                              ("edited", "does not match the sha256")])
 def test_corrupted_promoted_card_refuses_promotion(run_outputs, tmp_path, capsys, damage, expected):
     reg = tmp_path / "r"
     publish(run_outputs, reg, tmp_path / "o1")
@@ -289,9 +292,10 @@ def test_config_pbtxt_follows_the_kfopt_json_spec():
         triton.config_pbtxt("m", variant.VariantMeta(name="x", format="onnx", precision="fp32", target="cpu",
                                                      input=spec("a", [None, 2], "complex64"),
                                                      output=spec("b", [None, 2])), 8, gpu=False)
+    tflite = variant.VariantMeta(name="t", format="tflite", precision="fp32", target="edge",
+                                 input=spec("a", [None, 2]), output=spec("b", [None, 2]))
     with pytest.raises(ArtifactError, match="Triton's standard backends"):
-        triton.config_pbtxt("m", variant.VariantMeta(name="t", format="tflite", precision="fp32", target="edge",
-                                                     input=spec("a", [None, 2]), output=spec("b", [None, 2])), 8, gpu=False)
+        triton.config_pbtxt("m", tflite, 8, gpu=False)
 
 
 # --- concurrency -----------------------------------------------------------------------------------
@@ -395,10 +399,10 @@ def test_local_run_puts_the_gate_outcome_beside_and_into_the_report(run_outputs,
     assert "<h2>Publishing</h2>" in (run_dir / "report.html").read_text()
 
 
-def test_compile_defaults_the_registry_to_the_pipeline_roots_bucket(tmp_path, capsys):
-    assert cli.main(["compile", "-o", str(tmp_path / "p.yaml")]) == 0
-    assert "Model registry: gs://my-project-kfopt/registry" in capsys.readouterr().out
-    assert "[Default: 'gs://my-project-kfopt/registry']" in (tmp_path / "p.yaml").read_text()
+def test_a_cluster_run_without_a_registry_uses_its_pipeline_roots_bucket():
+    uri = "gs://my-project-kfopt/pipeline-root/kfopt-123/publish-4/blessings"
+    assert publish_mod.default_registry(uri) == "gs://my-project-kfopt/registry"
+    assert publish_mod.default_registry("/tmp/runs/x/publish/blessings") == ""  # then run() refuses clearly
 
 
 def test_empty_registry_is_refused_before_anything_is_written(run_outputs, tmp_path):
