@@ -94,7 +94,12 @@ def _env(fp: dict[str, Any]) -> str:
 
 def gate(candidate: dict[str, Any], previous: dict[str, Any] | None, *, accuracy_tolerance_pp: float,
          latency_tolerance: float) -> tuple[bool, list[str], bool | None]:
-    """Compare two model cards → (blessed, reasons, latency_compared). No previous card: first promotion."""
+    """Compare two model cards → (blessed, reasons, latency_compared). No previous card: first promotion.
+
+    Accuracy may not drop beyond its tolerance; the target's objective may not get worse beyond
+    `latency_tolerance` (relative): p50 latency on the same environment fingerprint, or the gzipped
+    size when the objective is size (edge).
+    """
     if previous is None:
         return True, ["first promotion of this model on this target"], None
     pv = f"v{previous['version']}"
@@ -107,6 +112,20 @@ def gate(candidate: dict[str, Any], previous: dict[str, Any] | None, *, accuracy
                        f"(tolerance {accuracy_tolerance_pp:g} pp)")
     else:
         reasons.append(f"accuracy {acc:.4f} vs {pv}'s {prev_acc:.4f} ({change_pp:+.2f} pp)")
+    if select.parse_objective(candidate["objective"])[0] == "size":
+        # A size objective (edge) is gated on size: it does not depend on where it was measured.
+        size, prev_size = candidate["metrics"].get("size_gzip_bytes"), previous["metrics"].get("size_gzip_bytes")
+        if size is None or prev_size is None:
+            reasons.append(f"size not compared: {'this run' if size is None else pv} has no gzipped size")
+            return ok, reasons, False
+        change = size / prev_size - 1 if prev_size > 0 else 0.0
+        if change > latency_tolerance + 1e-9:
+            ok = False
+            reasons.append(f"gzipped size {size / 1024:.1f} KiB is {change:.0%} above {pv}'s {prev_size / 1024:.1f} KiB "
+                           f"(tolerance {latency_tolerance:.0%})")
+        else:
+            reasons.append(f"gzipped size {size / 1024:.1f} KiB vs {pv}'s {prev_size / 1024:.1f} KiB ({change:+.0%})")
+        return ok, reasons, False
     batch = _gate_batch(candidate)
     fp, prev_fp = candidate["environment"]["fingerprint"], previous["environment"]["fingerprint"]
     lat = candidate["metrics"]["latency"].get(batch, {}).get("p50_ms")

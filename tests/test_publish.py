@@ -137,6 +137,24 @@ def test_gate_on_latency_compares_the_same_environment(run_outputs, tmp_path, fa
         assert "50% above v1's" in cpu["reasons"][1] and "tolerance 10%" in cpu["reasons"][1]
 
 
+@pytest.mark.parametrize("growth, promoted", [(1.5, False), (1.05, True)])
+def test_edge_is_gated_on_its_size_objective(run_outputs, tmp_path, growth, promoted):
+    reg = tmp_path / "r"
+    publish(run_outputs, reg, tmp_path / "o1")
+
+    def bigger_and_slower(rep):
+        for row in chosen_rows(rep, "edge"):
+            row["size_gzip_bytes"] = int(row["size_gzip_bytes"] * growth)
+            row["latency"]["1"]["p50_ms"] *= 3  # latency is not the edge objective: must not decide
+
+    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", bigger_and_slower),
+                     latency_tolerance=0.10)
+    edge = result["targets"]["edge"]
+    assert edge["blessed"] is promoted
+    assert any("gzipped size" in r for r in edge["reasons"])
+    assert promoted_version(reg, "edge") == (2 if promoted else 1)
+
+
 def test_gate_does_not_compare_latency_across_environments(run_outputs, tmp_path):
     reg = tmp_path / "r"
     publish(run_outputs, reg, tmp_path / "o1")
