@@ -321,6 +321,20 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     return result
 
 
+def overrides_for(config: str, pairs: list[str]) -> list[str]:
+    """`--set` values for one config: unprefixed ones, and those prefixed with `config:`."""
+    chosen = []
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        scope, colon, rest = pair.partition(":")
+        if colon and ":" in key:
+            if scope == config:
+                chosen.append(rest)
+        else:
+            chosen.append(pair)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), help="kfopt configs to bench (default: both)")
@@ -329,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=1.0, help="time_calls budget per model, batch and round")
     p.add_argument("--olive-venv", default=str(REPO / ".venv-olive"), help="Olive's virtual environment")
     p.add_argument("--no-olive", action="store_true", help="skip the Olive comparison")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="passed to every `kfopt run` (e.g. distill.enabled=false); shown in the results")
+    p.add_argument("--set", action="append", default=[], metavar="[CONFIG:]SECTION.KEY=VALUE",
+                   help="passed to `kfopt run` (of CONFIG only, if given), e.g. "
+                        "breast_cancer_mlp:distill.enabled=false; shown with the results")
     p.add_argument("--update-readme", action="store_true", help="write the figures into bench/README.md")
     args = p.parse_args(argv)
 
@@ -366,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             results["configs"][config] = bench_config(config, src, out, olive, args.rounds, dict(settings),
-                                                      args.set, log=lambda msg: print(msg, flush=True))
+                                                      overrides_for(config, args.set),
+                                                      log=lambda msg: print(msg, flush=True))
         except (BenchError, OSError, KeyError, ValueError) as exc:
             results["configs"][config] = {"config": config, "fatal": f"{type(exc).__name__}: {exc}"}
             print(f"  FAILED: {exc}", flush=True)

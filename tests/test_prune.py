@@ -12,7 +12,7 @@ from kfopt.optimize import prune
 @pytest.fixture(scope="module")
 def pruned(digits_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "variants"
-    metrics = prune.run(digits_small["baseline"], digits_small["dataset"], out, sparsities=[0.5, 0.8], epochs=4,
+    metrics = prune.run(digits_small["baseline"], digits_small["dataset"], out, sparsities=[0.5, 0.8], epochs=8,
                         calibration_samples=64, accuracy_budget=2.0, min_agreement=0.95)
     return out, metrics
 

@@ -101,6 +101,30 @@ def test_fp16_conversion_keeps_float32_io_and_sensitive_ops(exports, test_x, tmp
     assert (fp16.argmax(1) == fp32.argmax(1)).mean() >= 0.99
 
 
+def test_fp16_conversion_with_a_float32_op_last(tmp_path):
+    """MatMul → Add → Sigmoid (a binary classifier's head): Sigmoid stays float32 and so does the output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(30, 1)).astype(np.float32), np.array([0.1], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["output"])], "head",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    converted, summary = onnx_fp16.convert(model)
+    assert summary == {"kept_float32_ops": ["Sigmoid"], "casts_inserted": 2, "values_clipped_to_fp16_range": 0}
+    assert [n.op_type for n in converted.graph.node] == ["Cast", "MatMul", "Add", "Cast", "Sigmoid"]
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    onnx.save(converted, str(tmp_path / "fp16.onnx"))
+    x = rng.normal(size=(16, 30)).astype(np.float32)
+    fp16 = ort_predict(tmp_path / "fp16.onnx", x)
+    assert fp16.dtype == np.float32 and np.abs(fp16 - ort_predict(tmp_path / "fp32.onnx", x)).max() < 1e-2
+
+
 def test_fp16_conversion_refuses_a_quantized_graph(quantized):
     import onnx
 

