@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), help="kfopt configs to bench (default: both)")
     p.add_argument("--out", default=str(REPO / "bench-out"), help="output folder (default: bench-out/)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
     p.add_argument("--max-seconds", type=float, default=1.0, help="time_calls budget per model, batch and round")
     p.add_argument("--olive-venv", default=str(REPO / ".venv-olive"), help="Olive's virtual environment")
     p.add_argument("--no-olive", action="store_true", help="skip the Olive comparison")

