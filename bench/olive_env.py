@@ -57,7 +57,7 @@ def ensure(venv_dir: Path, log: Path) -> dict:
     if created:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        print(f"  creating {venv_dir} (pinned Olive, first time only, ~1.5 min)…", flush=True)
+        print(f"  creating {venv_dir} (pinned Olive, first time only, 1–2 min)…", flush=True)
         stamp.unlink(missing_ok=True)
         try:
             venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)

@@ -292,9 +292,9 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
                 models.append({"name": name, "kind": "variant", "dir": info["dir"], "meta": meta,
                                "what": "Olive's pick" if info["olive_pick"] else f"Olive's fastest {meta.precision}",
                                "runtime": "ONNX Runtime", "precision": meta.precision})
-        except BenchError as exc:
-            result["errors"]["olive"] = str(exc)
-            log(f"    FAILED: {exc}")
+        except (BenchError, OSError, ValueError, KeyError) as exc:
+            result["errors"]["olive"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BenchError) else str(exc)
+            log(f"    FAILED: {result['errors']['olive']}")
 
     log(f"  timing {len(models)} models × batch {', '.join(map(str, BATCHES))} × {rounds} rounds")
     start = time.perf_counter()

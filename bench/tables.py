@@ -91,17 +91,18 @@ def _reading(row: dict) -> str:
     """The ratio in words; for timings also how many rounds agree with the median's direction."""
     faster, slower = ("faster", "slower") if row["kind"] == "latency" else ("smaller", "larger")
     r = row["ratio"]
+    if row["kind"] == "latency":
+        rounds = row["per_round"]
+        agree = sum(1 for x in rounds if (x < 1) == (r < 1))
+        if agree < AGREEMENT * len(rounds):
+            return f"no clear difference ({agree} of {len(rounds)} rounds say {faster if r < 1 else slower})"
     if abs(r - 1) < 0.01:
         return "the same within 1%"
     factor = 1 / r if r < 1 else r
     text = f"A {f'{factor:,.0f}' if factor >= 100 else f'{factor:.3g}'}× {faster if r < 1 else slower}"
-    if row["kind"] != "latency":
+    if row["kind"] != "latency" or agree == len(rounds):
         return text
-    rounds = row["per_round"]
-    agree = sum(1 for x in rounds if (x < 1) == (r < 1))
-    if agree < AGREEMENT * len(rounds):
-        return f"no clear difference ({agree} of {len(rounds)} rounds say {faster if r < 1 else slower})"
-    return text if agree == len(rounds) else f"{text} ({agree} of {len(rounds)} rounds)"
+    return f"{text} ({agree} of {len(rounds)} rounds)"
 
 
 def _spread(lat: dict) -> str:

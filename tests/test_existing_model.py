@@ -126,7 +126,8 @@ def test_lambda_layers_are_never_deserialized(digits_small, tmp_path, fmt, monke
     k = _keras()
     marker = tmp_path / "lambda-ran"
     monkeypatch.setenv("KFOPT_LAMBDA_MARKER", str(marker))
-    touch = lambda t: t * float(open(__import__("os").environ["KFOPT_LAMBDA_MARKER"], "a").close() is None)  # noqa: E731
+    touch = lambda t: t * float(open(__import__("os").getenv("KFOPT_LAMBDA_MARKER"), "a").close() is None)  # noqa
+
     path = _save_sequential(tmp_path / ("m.keras" if fmt == "keras" else "m"), k.layers.Lambda(touch),
                             k.layers.Flatten(), k.layers.Dense(10, activation="softmax"))
     marker.unlink(missing_ok=True)  # saving traced the lambda once
@@ -172,3 +173,13 @@ def test_savedmodel_folder_from_gcs_without_a_marker(digits_small, gcs, tmp_path
     original = variant.read(digits_small["baseline"]).extra["test_accuracy"]
     assert metrics["test_accuracy"] == pytest.approx(original, abs=1e-6)
     assert variant.read(tmp_path / "b").params["model_uri"] == gcs.uri("models/digits")
+
+
+def test_dynamic_spatial_input_is_fixed_to_the_data(digits_small, tmp_path):
+    k = _keras()
+    path = _save_sequential(tmp_path / "m.keras", k.layers.Conv2D(4, 3), k.layers.GlobalAveragePooling2D(),
+                            k.layers.Dense(10, activation="softmax"), input_shape=(None, None, 1))
+    existing.run(digits_small["dataset"], tmp_path / "b", model_uri=str(path))
+    from kfopt.formats import savedmodel
+
+    assert list(savedmodel.load_keras(tmp_path / "b").inputs[0].shape[1:]) == [8, 8, 1]

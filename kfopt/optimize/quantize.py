@@ -34,7 +34,7 @@ import numpy as np
 
 from kfopt import variant
 from kfopt.data import dataset as ds_mod
-from kfopt.errors import ConfigError
+from kfopt.errors import ConfigError, ModelError
 from kfopt.export import child_meta
 from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import savedmodel
@@ -269,7 +269,10 @@ def qat_model(model, ds: ds_mod.Dataset, epochs: int, seed: int = 1):
     from kfopt.tfenv import keras
 
     keras().utils.set_random_seed(seed)
-    qat = tfmot.quantization.keras.quantize_model(model)
+    try:
+        qat = tfmot.quantization.keras.quantize_model(model)
+    except (ValueError, RuntimeError, TypeError) as exc:  # tfmot refuses layers it cannot annotate
+        raise ModelError(f"tfmot quantize_model cannot wrap this model: {str(exc).strip().splitlines()[0]}") from None
     compile_model(qat, ds.schema.task, QAT_LEARNING_RATE)
     (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
     qat.fit(xt, yt, validation_data=(xv, yv), epochs=epochs, batch_size=FINE_TUNE_BATCH, shuffle=True, verbose=0)
@@ -340,9 +343,8 @@ def _write_qat(model, parent: variant.VariantMeta, ds: ds_mod.Dataset, out_dir: 
     name = "tflite_qat_int8"
     try:
         trained = qat_model(model, ds, epochs)
-    except (ValueError, RuntimeError, TypeError) as exc:  # tfmot refuses layers it cannot annotate
-        reason = f"tfmot quantize_model cannot wrap this model: {str(exc).splitlines()[0]}"
-        return variant.write_skipped(out_dir, name, "tflite", "edge", reason, technique="qat", parent=parent.name)
+    except ModelError as exc:  # a model QAT cannot handle still gets its other variants, and the reason
+        return variant.write_skipped(out_dir, name, "tflite", "edge", str(exc), technique="qat", parent=parent.name)
     meta = tflite_fmt.write_variant(qat_tflite(trained), out_dir, child_meta(
         parent, name, technique="qat", precision="int8", target="edge",
         params={"mode": "quantization-aware training", "epochs": epochs, "learning_rate": QAT_LEARNING_RATE,
