@@ -53,6 +53,7 @@ test: $(TEST_STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest -q
 
 include images/images.mk
+include bench/bench.mk
 
 clean:
 	rm -rf runs .pytest_cache

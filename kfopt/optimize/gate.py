@@ -90,18 +90,18 @@ def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: 
     try:
         for attempt in range(max_attempts + 1):
             keep: list[str] = []
-            if attempt:
-                ranking = rank() if ranking is None else ranking
-                keep = [name for name, _ in ranking[:min(2 ** (attempt - 1), len(ranking))]]
-                if not keep or keep == attempts[-1]["float_layers"]:
-                    break  # nothing more to keep in float
             try:
+                if attempt:
+                    ranking = rank() if ranking is None else ranking
+                    keep = [name for name, _ in ranking[:min(2 ** (attempt - 1), len(ranking))]]
+                    if not keep or keep == attempts[-1]["float_layers"]:
+                        break  # nothing more to keep in float
                 make(staging / str(attempt), keep)
                 result = gate.check(staging / str(attempt))
             except Exception as exc:  # noqa: BLE001 - a failed retry must not lose the variant already made
                 if not attempt:
                     raise
-                attempts.append({"float_layers": keep, "passed": False, "reason": f"conversion failed: {exc}"})
+                attempts.append({"float_layers": keep, "passed": False, "reason": f"retry failed: {exc}"})
                 break
             attempts.append({"float_layers": keep, "passed": result["passed"], "reason": result["reason"],
                              "accuracy_delta_pp": result["accuracy_delta_pp"], "agreement": result["agreement"],
