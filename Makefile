@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install --disable-pip-version-check -q
 RUN_STAMP  := $(VENV)/.run-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: run test test-fast bench compile clean help
+.PHONY: run test compile clean help
 
 help:
 	@echo "make run      - create .venv (once) and run the whole pipeline locally on the bundled digits set"
