@@ -47,7 +47,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         thr = max((int(b) for b in r.get("latency", {})), default=None)
         ver = r.get("verification", {})
         status = ("pass" if ver.get("passed") else "REJECTED") if r.get("status") == "ok" else r.get("status", "?")
-        out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), _f(r.get("accuracy"), ".4f"),
+        acc = _f(r.get("accuracy"), ".4f") + (f" (AUC {r['auc']:.3f})" if r.get("auc") is not None else "")
+        out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), acc,
                     _f(ver.get("accuracy_delta_pp"), "+.2f"), status, _f(lat1.get("p50_ms"), ".3f"),
                     _f(lat1.get("p99_ms"), ".3f"),
                     _f(r["latency"][str(thr)]["throughput"], ".0f") + f" @{thr}" if thr else "—",
@@ -120,8 +121,9 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         front = r["name"] in report["pareto"]
         ax.scatter(r["latency"]["1"]["p50_ms"], r["accuracy"], s=60 if front else 30,
                    marker="*" if front else "o", c="tab:green" if r["verification"]["passed"] else "tab:red")
-        ax.annotate(r["name"], (r["latency"]["1"]["p50_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        if front or r["name"] == report["baseline"].get("name"):  # label what matters; the table has the rest
+            ax.annotate(r["name"], (r["latency"]["1"]["p50_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency at batch 1 (ms, log)")
     ax.set_ylabel("test accuracy")
@@ -140,9 +142,10 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         out["sizes"] = _png(fig)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in measured:
+    for i, r in enumerate(measured):
         bs = sorted(int(b) for b in r["latency"])
-        ax.plot(bs, [r["latency"][str(b)]["throughput"] for b in bs], marker="o", label=r["name"])
+        ax.plot(bs, [r["latency"][str(b)]["throughput"] for b in bs], marker="os^Dv"[i // 10 % 5],
+                linestyle=("-", "--", ":")[i // 10 % 3], label=r["name"])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
