@@ -41,9 +41,9 @@ compile: $(RUN_STAMP)
 TOOLS_VENV  := .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-$(TOOLS_STAMP): requirements/tools.txt
+$(TOOLS_STAMP): requirements/tools.txt requirements/tools-constraints.txt
 	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install --disable-pip-version-check -q -r requirements/tools.txt
+	$(TOOLS_VENV)/bin/pip install --disable-pip-version-check -q -r requirements/tools.txt -c requirements/tools-constraints.txt
 	@touch $@
 
 .PHONY: tools
