@@ -93,7 +93,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = local_run.find_report(args.run, Path(args.runs_dir))
     data = local_run.load_report(path)
-    report.write(data, path.parent / "rendered") if args.render else None
+    report.render_in_place(data, path.parent)  # with this kfopt's renderer
     print(report.text_table(data))
     print(f"\nReport: {path.parent / 'report.html'}")
     return 0
@@ -124,10 +124,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", default="kfopt_pipeline.yaml", help="output file")
     c.set_defaults(func=cmd_compile)
 
-    rp = sub.add_parser("report", help="print (and re-render) the report of a local run")
+    rp = sub.add_parser("report", help="re-render the report of a local run and print its leaderboard")
     rp.add_argument("run", nargs="?", default="latest", help="run folder, its name under runs/, or latest")
     rp.add_argument("--runs-dir", default="runs")
-    rp.add_argument("--render", action="store_true", help="re-render report.md/html into <run>/rendered/")
     rp.set_defaults(func=cmd_report)
 
     from kfopt import cli_cluster, cli_models

@@ -138,10 +138,7 @@ def _add_publish(run_dir: Path) -> None:
     shutil.copy(found[-1], run_dir / "publish.json")
     data = load_report(run_dir / "report.json")
     data["publish"] = publish.load(found[-1])
-    md = report.markdown(data)
-    (run_dir / "report.json").write_text(json.dumps(data, indent=2))
-    (run_dir / "report.md").write_text(md)
-    (run_dir / "report.html").write_text(report.html_page(data, md))
+    report.render_in_place(data, run_dir)
 
 
 def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:

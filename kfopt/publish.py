@@ -118,14 +118,9 @@ def gate(candidate: dict[str, Any], previous: dict[str, Any] | None, *, accuracy
         if size is None or prev_size is None:
             reasons.append(f"size not compared: {'this run' if size is None else pv} has no gzipped size")
             return ok, reasons, False
-        change = size / prev_size - 1 if prev_size > 0 else 0.0
-        if change > latency_tolerance + 1e-9:
-            ok = False
-            reasons.append(f"gzipped size {size / 1024:.1f} KiB is {change:.0%} above {pv}'s {prev_size / 1024:.1f} KiB "
-                           f"(tolerance {latency_tolerance:.0%})")
-        else:
-            reasons.append(f"gzipped size {size / 1024:.1f} KiB vs {pv}'s {prev_size / 1024:.1f} KiB ({change:+.0%})")
-        return ok, reasons, False
+        size_ok, reason = _no_worse("gzipped size", size / 1024, prev_size / 1024, pv, latency_tolerance,
+                                    "{:.1f} KiB", "")
+        return ok and size_ok, reasons + [reason], False
     batch = _gate_batch(candidate)
     fp, prev_fp = candidate["environment"]["fingerprint"], previous["environment"]["fingerprint"]
     lat = candidate["metrics"]["latency"].get(batch, {}).get("p50_ms")
@@ -137,15 +132,18 @@ def gate(candidate: dict[str, Any], previous: dict[str, Any] | None, *, accuracy
     if lat is None or prev_lat is None:
         reasons.append(f"latency not compared: {'this run' if lat is None else pv} has no p50 at batch {batch}")
         return ok, reasons, False
-    change = lat / prev_lat - 1 if prev_lat > 0 else 0.0
-    if change > latency_tolerance + 1e-9:
-        ok = False
-        reasons.append(f"p50 at batch {batch} {lat:.4f} ms is {change:.0%} above {pv}'s {prev_lat:.4f} ms "
-                       f"(tolerance {latency_tolerance:.0%}, same environment)")
-    else:
-        reasons.append(f"p50 at batch {batch} {lat:.4f} ms vs {pv}'s {prev_lat:.4f} ms ({change:+.0%}, "
-                       "same environment)")
-    return ok, reasons, True
+    lat_ok, reason = _no_worse(f"p50 at batch {batch}", lat, prev_lat, pv, latency_tolerance, "{:.4f} ms",
+                               "same environment")
+    return ok and lat_ok, reasons + [reason], True
+
+
+def _no_worse(what: str, value: float, prev: float, pv: str, tolerance: float, fmt: str, note: str) -> tuple[bool, str]:
+    """Lower is better: fail when `value` is more than `tolerance` (relative) above `prev`."""
+    change = value / prev - 1 if prev > 0 else 0.0
+    shown, prev_shown, extra = fmt.format(value), fmt.format(prev), f", {note}" if note else ""
+    if change > tolerance + 1e-9:
+        return False, f"{what} {shown} is {change:.0%} above {pv}'s {prev_shown} (tolerance {tolerance:.0%}{extra})"
+    return True, f"{what} {shown} vs {pv}'s {prev_shown} ({change:+.0%}{extra})"
 
 
 def _no_triton(target: str, fmt: str) -> str:

@@ -11,6 +11,7 @@ import datetime
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,16 @@ def write(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(html_page(report, md))
     return {k: Path(out_dir) / f for k, f in (("json", REPORT_JSON), ("md", "report.md"), ("html", "report.html"))}
+
+
+def render_in_place(report: dict[str, Any], run_dir: Path) -> None:
+    """Rewrite report.json/md/html inside an existing run folder, each file replaced atomically."""
+    md = markdown(report)
+    for name, text in ((REPORT_JSON, json.dumps(report, indent=2)), ("report.md", md),
+                       ("report.html", html_page(report, md))):
+        tmp = Path(run_dir) / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, Path(run_dir) / name)
 
 
 def run(bench_dirs: list[Path], out_dir: Path, *, name: str, targets: list[str],

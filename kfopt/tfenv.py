@@ -21,3 +21,18 @@ def keras():
     import tf_keras
 
     return tf_keras
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for this process's TensorFlow runtime (inter-op 1), before its first op.
+
+    Once TensorFlow has initialised its thread pools the call is refused; the benchmark records the
+    requested count either way, and each variant runs in a fresh process, so that is the rare case.
+    """
+    if not threads:
+        return
+    try:
+        tf().config.threading.set_intra_op_parallelism_threads(threads)
+        tf().config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass

@@ -57,8 +57,10 @@ def test_report_files_and_kfp_artifacts(run_dir):
     assert metrics and "baseline@cpu.accuracy" in json.loads(metrics[0].read_text())
 
 
-def test_report_command_reprints(run_dir, capsys):
+def test_report_command_rerenders_and_reprints(run_dir, capsys):
+    (run_dir / "report.html").unlink()
     assert main(["report", str(run_dir)]) == 0
+    assert "Choice per target" in (run_dir / "report.html").read_text()
     out = capsys.readouterr().out
     assert "tflite_fp32" in out and "Choice per target" in out
 

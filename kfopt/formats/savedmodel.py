@@ -38,15 +38,10 @@ def load_keras(variant_dir: Path):
 
 class SavedModelRunner:
     def __init__(self, variant_dir: Path, meta: variant.VariantMeta, threads: int | None):
-        from kfopt.tfenv import tf
+        from kfopt.tfenv import set_threads, tf
 
         t = tf()
-        if threads:
-            try:
-                t.config.threading.set_intra_op_parallelism_threads(threads)
-                t.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass  # already initialised in this process; figures record the requested count anyway
+        set_threads(threads)
         self.meta = meta
         self._tf = t
         loaded = t.saved_model.load(str(Path(variant_dir) / DIRNAME))

@@ -94,15 +94,10 @@ def tpu_device() -> tuple[str | None, str]:
 
 class XlaRunner:
     def __init__(self, variant_dir: Path, meta: variant.VariantMeta, threads: int | None):
-        from kfopt.tfenv import tf
+        from kfopt.tfenv import set_threads, tf
 
         t = tf()
-        if threads:
-            try:
-                t.config.threading.set_intra_op_parallelism_threads(threads)
-                t.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass  # already initialised in this process
+        set_threads(threads)
         self.meta = meta
         self._tf = t
         self._device, _ = tpu_device()
