@@ -244,7 +244,7 @@ def confusion(report: dict[str, Any], bench_dirs: list[Path], dataset_dir: Path 
 def build(bench_dirs: list[Path], name: str, targets: list[str], objectives: dict[str, str] | None = None,
           dataset_dir: Path | None = None) -> dict[str, Any]:
     report = merge(bench_dirs)
-    report["name"] = name
+    report["name"] = name or "model"
     report["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     report["choices"] = select.choose(report["rows"], targets, objectives)
     report["pareto"] = select.pareto_front(report["rows"])

@@ -147,7 +147,7 @@ def build(deployment: "deploy_mod.Deployment | None" = None):
                 min_agreement=min_agreement, code_version=version, **sets), f"benchmark_{hardware}")
         rep = place(c_report(dataset=data, bench_cpu=bench["cpu"].outputs["results"],
                              bench_gpu=bench["gpu"].outputs["results"], bench_tpu=bench["tpu"].outputs["results"],
-                             name=PIPELINE_NAME, targets=targets, objectives=objectives, code_version=version),
+                             name=model_name, targets=targets, objectives=objectives, code_version=version),
                     "report")
         # Never cached: a cached publish would report a promotion without writing to the registry.
         place(c_publish(report_dir=rep.outputs["report_dir"], dataset=data, enabled=publish_enabled, registry=registry,
