@@ -49,7 +49,8 @@ def load_config(args: argparse.Namespace) -> cfg_mod.RunConfig:
     try:
         return cfg_mod.from_dict(_apply_overrides(raw, extra))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        where = f"{path} with the command-line overrides" if extra else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
