@@ -96,6 +96,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
         elif not r["verification"]["passed"]:
             lines.append(f"- {r['name']}: rejected — {r['verification']['reason']}")
+    lines += ["", "## Technique details", ""] + [f"- {line}" for line in technique_details(report)]
     lines += ["", "## Environment", ""]
     for hw, env in report["environments"].items():
         lines.append(f"- {hw}: {env['cpu']}, {env['cores']} cores, flags {', '.join(env['cpu_flags']) or 'none'}, "
@@ -173,6 +174,39 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _maybe_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+
+
+def technique_details(report: dict[str, Any]) -> list[str]:
+    """What each technique did, from the variants' kfopt.json extra: sparsity, float-kept layers, builders."""
+    out, seen = [], set()
+    for r in report["rows"]:
+        extra = r.get("extra") or {}
+        if r["name"] in seen or not extra:
+            continue
+        seen.add(r["name"])
+        if "sparsity" in extra:
+            sp = extra["sparsity"]
+            layers = ", ".join(f"{k} {v:.3f}" for k, v in sp.get("layers", {}).items())
+            out.append(f"{r['name']}: sparsity {sp.get('overall', 0):.3f} overall ({layers})")
+        fallback = _maybe_json(extra.get("fallback"))
+        if isinstance(fallback, dict):
+            kept = ", ".join(fallback.get("float_layers") or []) or "none"
+            out.append(f"{r['name']}: int8 checked on the {fallback.get('checked_on', 'validation split')}; "
+                       f"{len(fallback.get('attempts', []))} attempt(s); kept in float: {kept}")
+        if isinstance(extra.get("gate"), dict):
+            out.append(f"{r['name']}: in-stage check against its float parent on the validation split: "
+                       f"{extra['gate'].get('reason')}")
+        if "teacher_parameters" in extra:
+            out.append(f"{r['name']}: {extra['parameters']:,} parameters vs the teacher's {extra['teacher_parameters']:,}")
+        if "builder" in extra:
+            b = extra["builder"]
+            out.append(f"{r['name']}: built by {b.get('module')} {b.get('version')} in {extra.get('build_seconds')} s; "
+                       f"parsed: {extra.get('parsed')}; {len(extra.get('parse_errors') or [])} parse error(s)")
+    return out
+
+
 def html_page(report: dict[str, Any], md: str) -> str:
     esc = html.escape
     rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
@@ -180,7 +214,8 @@ def html_page(report: dict[str, Any], md: str) -> str:
                       + (f"<br><small>runner-up {esc(c['runner_up'])}: {esc(c['runner_up_reason'])}</small>"
                          if c.get("runner_up") else "") + "</li>" for t, c in report["choices"].items())
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
-    notes = md.split("## Not measured or rejected", 1)[1].split("## Environment")[0].strip().splitlines()
+    notes = md.split("## Not measured or rejected", 1)[1].split("## Technique details")[0].strip().splitlines()
+    details = "".join(f"<li>{esc(line)}</li>" for line in technique_details(report))
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
     publishing = ""
     if report.get("publish"):
@@ -199,7 +234,8 @@ accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(n[2:])}</li>' for n in notes if n.startswith('- '))}</ul>
-<h2>Plots</h2>{imgs}<h2>Environment</h2><ul>{env}</ul></body></html>"""
+<h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>
+<h2>Environment</h2><ul>{env}</ul></body></html>"""
 
 
 def kfp_metrics(report: dict[str, Any]) -> dict[str, Any]:

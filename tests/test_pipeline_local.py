@@ -51,7 +51,10 @@ def test_sizes_match_the_variant_files(run_dir):
 def test_report_files_and_kfp_artifacts(run_dir):
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "Choice per target" in html
-    assert "| baseline |" in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert "| baseline |" in md
+    details = md.split("## Technique details", 1)[1]
+    assert "pruned_80: sparsity 0.8" in details and "kept in float" in details
     pipeline_root = run_dir / "pipeline"
     metrics = list(pipeline_root.rglob("report/metrics"))
     assert metrics and "baseline@cpu.accuracy" in json.loads(metrics[0].read_text())
