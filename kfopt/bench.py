@@ -146,7 +146,7 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
             return np.load(path)
 
         seen = set()
-        missing = formats.device_missing(hardware) if hardware != "cpu" else None
+        missing = formats.device_missing(hardware, env["accelerator"]) if hardware != "cpu" else None
         for root in variant_roots:
             for vdir in variant.discover(Path(root)):
                 meta = variant.read(vdir, verify=False)

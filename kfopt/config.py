@@ -247,9 +247,6 @@ def validate(cfg: RunConfig) -> None:
     check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
     check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),
           f"train.mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}.")
-    v = cfg.verify
-    check(v.accuracy_budget >= 0, f"verify.accuracy_budget must be >= 0 percentage points, got {v.accuracy_budget}.")
-    check(0 <= v.min_agreement <= 1, f"verify.min_agreement must be in [0, 1], got {v.min_agreement}.")
     _validate_optimize(cfg)
     check(a.factor >= 0, f"augment.factor must be >= 0, got {a.factor}.")
     check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
@@ -281,16 +278,15 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _validate_optimize(cfg: RunConfig) -> None:
-    """The optimize stages' settings, checked by the stages' own rules (light modules, no TensorFlow)."""
+    """The budget and optimize settings, checked by the stages' own rules (light modules, no TensorFlow)."""
     q, p, d = cfg.quantize, cfg.prune, cfg.distill
     if q.calibration_samples < 1:
         raise ConfigError(f"quantize.calibration_samples must be at least 1, got {q.calibration_samples}.")
     if q.qat_epochs < 1:
         raise ConfigError(f"quantize.qat_epochs must be at least 1, got {q.qat_epochs}.")
-    if q.fallback_max_attempts < 0:
-        raise ConfigError(f"quantize.fallback_max_attempts must be >= 0, got {q.fallback_max_attempts}.")
     from kfopt.optimize import checks
 
+    checks.budget(cfg.verify.accuracy_budget, cfg.verify.min_agreement, q.fallback_max_attempts)
     checks.prune(p.sparsities, p.epochs)
     checks.distill(d.student_width, d.temperature, d.alpha, d.epochs)
 

@@ -37,6 +37,17 @@ def merge(bench_dirs: list[Path]) -> dict[str, Any]:
     return {"rows": rows, "environments": environments, "budget": budget, "baseline": baseline, "settings": settings}
 
 
+def not_measured(report: dict[str, Any]) -> list[str]:
+    """One line per row that was skipped, failed, or measured but rejected, with the reason."""
+    lines = []
+    for r in report["rows"]:
+        if r.get("status") != "ok":
+            lines.append(f"{r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
+        elif not r["verification"]["passed"]:
+            lines.append(f"{r['name']}: rejected — {r['verification']['reason']}")
+    return lines
+
+
 def _f(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
@@ -67,9 +78,7 @@ def text_table(report: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"  {r['name']}: {r['status']} — {r.get('reason')}" for r in report["rows"] if r.get("status") != "ok"]
-    notes += [f"  {r['name']}: rejected — {r['verification']['reason']}" for r in report["rows"]
-              if r.get("status") == "ok" and not r["verification"]["passed"]]
+    notes = [f"  {line}" for line in not_measured(report)]
     choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
     return "\n".join(lines + (["", "Not measured / rejected:"] + notes if notes else []) +
                      ["", "Choice per target:"] + choice)
@@ -91,11 +100,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [""] + publish.markdown(report["publish"]).splitlines()
     lines += ["", f"Pareto front (p50@1, accuracy drop, gzip size): {', '.join(report['pareto']) or '—'}", "",
               "## Not measured or rejected", ""]
-    for r in report["rows"]:
-        if r.get("status") != "ok":
-            lines.append(f"- {r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
-        elif not r["verification"]["passed"]:
-            lines.append(f"- {r['name']}: rejected — {r['verification']['reason']}")
+    lines += [f"- {line}" for line in not_measured(report)]
     lines += ["", "## Technique details", ""] + [f"- {line}" for line in technique_details(report)]
     lines += ["", "## Environment", ""]
     for hw, env in report["environments"].items():
@@ -214,7 +219,6 @@ def html_page(report: dict[str, Any], md: str) -> str:
                       + (f"<br><small>runner-up {esc(c['runner_up'])}: {esc(c['runner_up_reason'])}</small>"
                          if c.get("runner_up") else "") + "</li>" for t, c in report["choices"].items())
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
-    notes = md.split("## Not measured or rejected", 1)[1].split("## Technique details")[0].strip().splitlines()
     details = "".join(f"<li>{esc(line)}</li>" for line in technique_details(report))
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
     publishing = ""
@@ -233,7 +237,7 @@ accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement
 <h2>Choice per target</h2><ul>{choices}</ul>{publishing}
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
-<h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(n[2:])}</li>' for n in notes if n.startswith('- '))}</ul>
+<h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
 <h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>
 <h2>Environment</h2><ul>{env}</ul></body></html>"""
 

@@ -53,11 +53,14 @@ def get(name: str) -> Format:
         raise ArtifactError(f"Unknown variant format {name!r}; known formats: {', '.join(FORMATS)}.") from None
 
 
-def device_missing(hardware: str) -> str | None:
-    """Why this node cannot run `hardware` figures, or None when it can."""
+def device_missing(hardware: str, accelerator: str | None = None) -> str | None:
+    """Why this node cannot run `hardware` figures, or None when it can.
+
+    `accelerator` is the fingerprint's accelerator field when the caller already has one.
+    """
     from kfopt.fingerprint import collect
 
-    acc = collect()["accelerator"]
+    acc = accelerator if accelerator is not None else collect()["accelerator"]
     if hardware == "gpu" and "NVIDIA" not in acc:
         return "no CUDA device on this node"
     if hardware == "tpu" and "TPU" not in acc:

@@ -11,7 +11,8 @@ from typing import Callable
 from kfopt.errors import ConfigError
 
 
-def _scaled(n: int, width: float) -> int:
+def scaled(n: int, width: float) -> int:
+    """A layer's filters/units at `width` of the original, never below one."""
     return max(1, int(round(n * width)))
 
 
@@ -22,12 +23,12 @@ def digits_cnn(input_shape, num_classes: int, width: float = 1.0):
     k = keras()
     return k.Sequential([
         k.layers.Input(shape=tuple(input_shape), name="input"),
-        k.layers.Conv2D(_scaled(32, width), 3, padding="same", activation="relu"),
+        k.layers.Conv2D(scaled(32, width), 3, padding="same", activation="relu"),
         k.layers.MaxPooling2D(2),
-        k.layers.Conv2D(_scaled(64, width), 3, padding="same", activation="relu"),
+        k.layers.Conv2D(scaled(64, width), 3, padding="same", activation="relu"),
         k.layers.MaxPooling2D(2),
         k.layers.Flatten(),
-        k.layers.Dense(_scaled(128, width), activation="relu"),
+        k.layers.Dense(scaled(128, width), activation="relu"),
         _head(k, num_classes),
     ], name="digits_cnn")
 
@@ -39,8 +40,8 @@ def breast_cancer_mlp(input_shape, num_classes: int, width: float = 1.0):
     k = keras()
     return k.Sequential([
         k.layers.Input(shape=tuple(input_shape), name="input"),
-        k.layers.Dense(_scaled(128, width), activation="relu"),
-        k.layers.Dense(_scaled(64, width), activation="relu"),
+        k.layers.Dense(scaled(128, width), activation="relu"),
+        k.layers.Dense(scaled(64, width), activation="relu"),
         _head(k, num_classes),
     ], name="breast_cancer_mlp")
 

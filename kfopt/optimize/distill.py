@@ -27,6 +27,7 @@ from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.formats import savedmodel
+from kfopt.models.architectures import scaled
 from kfopt.optimize import checks
 from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, probabilities, write_skipped
 from kfopt.optimize.quantize import write_tflite_int8
@@ -34,10 +35,6 @@ from kfopt.optimize.quantize import write_tflite_int8
 VARIANTS = [("student", "savedmodel", "cpu"), ("student_tflite_int8", "tflite", "edge")]
 LEARNING_RATE = 1e-3
 EPS = 1e-7
-
-
-def _scaled(n: int, width: float) -> int:
-    return max(1, int(round(n * width)))
 
 
 def student_like(teacher, width: float):
@@ -56,7 +53,7 @@ def student_like(teacher, width: float):
             continue
         for key in ("filters", "units"):
             if isinstance(cfg.get(key), int):
-                cfg[key] = _scaled(cfg[key], width)
+                cfg[key] = scaled(cfg[key], width)
     cls = k.Sequential if isinstance(teacher, k.Sequential) else k.Model
     student = cls.from_config(config)
     if student.count_params() >= teacher.count_params():

@@ -41,6 +41,7 @@ from kfopt.formats import savedmodel
 from kfopt.formats import tflite as tflite_fmt
 from kfopt.optimize import checks
 from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, with_fallback, write_skipped
+from kfopt.tfenv import tf
 
 VARIANTS = [("tflite_dynamic", "tflite", "edge"), ("tflite_fp16", "tflite", "edge"),
             ("tflite_int8", "tflite", "edge"), ("onnx_int8", "onnx", "cpu"), ("onnx_int8_trt", "onnx", "gpu"),
@@ -51,27 +52,15 @@ QAT_LEARNING_RATE = 1e-4  # fine-tuning a trained model: a tenth of the default 
 TRT_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
-def _tf():
-    from kfopt.tfenv import tf
-
-    return tf()
-
-
-def _converter(model):
-    return tflite_fmt.converter(model)
-
-
 def tflite_dynamic(model) -> bytes:
     """Dynamic-range quantization: int8 weights, activations quantized on the fly."""
-    converter = _converter(model)
-    converter.optimizations = [_tf().lite.Optimize.DEFAULT]
-    return converter.convert()
+    return tflite_fmt.convert(model, [tf().lite.Optimize.DEFAULT])
 
 
 def tflite_fp16(model) -> bytes:
-    converter = _converter(model)
-    converter.optimizations = [_tf().lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [_tf().float16]
+    converter = tflite_fmt.converter(model)
+    converter.optimizations = [tf().lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf().float16]
     return converter.convert()
 
 
@@ -88,8 +77,8 @@ class TFLiteInt8:
         self._debugger = None
 
     def converter(self):
-        t = _tf()
-        converter = _converter(self.model)
+        t = tf()
+        converter = tflite_fmt.converter(self.model)
         converter.optimizations = [t.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s[None]] for s in self.samples)
         converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -105,7 +94,7 @@ class TFLiteInt8:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                debugger.options = _tf().lite.experimental.QuantizationDebugOptions(
+                debugger.options = tf().lite.experimental.QuantizationDebugOptions(
                     denylisted_nodes=list(float_layers), fully_quantize=True)
             except ValueError:
                 pass  # every op is in float, so its debug model has nothing to verify; the options are set
@@ -115,7 +104,7 @@ class TFLiteInt8:
         if self._debugger is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the debugger runs the deprecated tf.lite.Interpreter
-                self._debugger = _tf().lite.experimental.QuantizationDebugger(
+                self._debugger = tf().lite.experimental.QuantizationDebugger(
                     converter=self.converter(),
                     debug_dataset=lambda: ([s[None]] for s in self.samples[:DEBUG_SAMPLES]))
         return self._debugger
@@ -125,7 +114,7 @@ class TFLiteInt8:
         debugger = self.debugger()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            debugger.options = _tf().lite.experimental.QuantizationDebugOptions()
+            debugger.options = tf().lite.experimental.QuantizationDebugOptions()
             debugger.run()
         dump = io.StringIO()
         debugger.layer_statistics_dump(dump)
@@ -281,8 +270,8 @@ def qat_model(model, ds: ds_mod.Dataset, epochs: int, seed: int = 1):
 
 def qat_tflite(qat) -> bytes:
     """The QAT model as int8 TFLite with int8 input and output (ranges learned in training)."""
-    t = _tf()
-    converter = _converter(qat)
+    t = tf()
+    converter = tflite_fmt.converter(qat)
     converter.optimizations = [t.lite.Optimize.DEFAULT]
     converter.inference_input_type = t.int8
     converter.inference_output_type = t.int8
