@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +23,13 @@ from typing import Any, Iterator
 import yaml
 
 from kfopt.deployment import image_pin_problem
-from kfopt.errors import ConfigError, KfoptError
+from kfopt.errors import ConfigError, KfoptError, yaml_problem
 
 CRON_EXAMPLE = "0 0 3 * * *"
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-#LW]+$")
+#: robfig/cron's predefined schedules, plus `@every <Go duration>`.
+_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_EVERY = re.compile(r"^@every ([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
 
 
 @dataclass(frozen=True)
@@ -52,28 +56,42 @@ class Package:
 def read_package(path: str | Path) -> Package:
     """Read a compiled pipeline YAML, refusing one whose images are not pinned."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Pipeline package {path} is a folder; pass the .yaml file `kfopt compile` wrote.")
     if not path.is_file():
         raise ConfigError(f"Pipeline package {path} does not exist; compile it first with "
                           "`kfopt compile -o FILE.yaml`.")
     if path.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"Pipeline package {path} must be the .yaml file `kfopt compile` writes.")
-    data = path.read_bytes()
     try:
+        data = path.read_bytes()
         spec = next(yaml.safe_load_all(data), None)
+    except OSError as error:
+        raise ConfigError(f"Cannot read pipeline package {path} ({error.strerror}); check its permissions.") \
+            from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"Pipeline package {path} is not valid YAML ({error}); recompile it.")
+        raise ConfigError(f"Pipeline package {path} is not valid YAML ({yaml_problem(error)}); "
+                          "recompile it.") from None
+    try:
+        return _package(path, spec, hashlib.sha256(data).hexdigest())
+    except (AttributeError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a compiled KFP pipeline (its root, pipelineInfo or "
+                          "deploymentSpec is malformed); recompile it with `kfopt compile`.") from None
+
+
+def _package(path: Path, spec: Any, sha256: str) -> Package:
+    """The Package a parsed pipeline spec declares; malformed specs raise Attribute/Key/TypeError."""
     if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
         raise ConfigError(f"{path} is not a compiled KFP pipeline (no root or pipelineInfo); "
                           "recompile it with `kfopt compile`.")
-    for executor, body in spec.get("deploymentSpec", {}).get("executors", {}).items():
+    for executor, body in (spec.get("deploymentSpec") or {}).get("executors", {}).items():
         image = body.get("container", {}).get("image")
-        problem = image and image_pin_problem(image)
+        problem = image and image_pin_problem(str(image))
         if problem:
             raise ConfigError(f"Image {image} of {executor} in {path} {problem}, then recompile.")
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    return Package(path, spec["pipelineInfo"]["name"],
-                   {name: d.get("parameterType", "STRING") for name, d in declared.items()},
-                   hashlib.sha256(data).hexdigest())
+    return Package(path, str(spec["pipelineInfo"]["name"]),
+                   {name: d.get("parameterType", "STRING") for name, d in declared.items()}, sha256)
 
 
 def parse_params(pairs: list[str], package: Package) -> dict[str, Any]:
@@ -119,7 +137,11 @@ def check_cron(expression: str) -> str:
     """KFP's scheduler (robfig/cron) wants 6 fields, seconds first; 5 would shift every field."""
     fields = expression.split()
     if expression.startswith("@"):
-        return expression
+        if expression in _CRON_DESCRIPTORS or _CRON_EVERY.match(expression):
+            return expression
+        raise ConfigError(f"Cron '{expression}' is not a schedule KFP knows; use one of "
+                          f"{', '.join(_CRON_DESCRIPTORS)}, '@every 1h30m' or 6 fields such as "
+                          f"'{CRON_EXAMPLE}'.")
     if len(fields) == 5:
         raise ConfigError(
             f"Cron '{expression}' has 5 fields but KFP wants 6, seconds first (it would read "
@@ -128,6 +150,20 @@ def check_cron(expression: str) -> str:
         raise ConfigError(f"Cron '{expression}' is not a 6-field cron expression (seconds "
                           f"minutes hours day-of-month month day-of-week), e.g. '{CRON_EXAMPLE}'.")
     return expression
+
+
+def check_host(host: str | None) -> None:
+    """A --host must be an http(s) URL; kfp.Client would otherwise guess https and fail later."""
+    if not host:
+        return
+    parsed = urllib.parse.urlsplit(host)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"--host {host!r} is not an http(s) URL; write it as http://HOST:PORT, e.g. "
+                          "http://localhost:8080 through `kubectl port-forward`.")
+    try:
+        parsed.port
+    except ValueError:
+        raise ConfigError(f"--host {host!r} has an invalid port; use a number from 1 to 65535.") from None
 
 
 @contextlib.contextmanager
@@ -172,6 +208,7 @@ def connect(auth: Auth):
     import kfp
     from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
+    check_host(auth.host)
     if auth.sa_token_path and not Path(auth.sa_token_path).is_file():
         raise ConfigError(f"--sa-token-path {auth.sa_token_path} does not exist; mount a "
                           "projected service-account token with audience pipelines.kubeflow.org.")

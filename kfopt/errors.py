@@ -27,3 +27,21 @@ class ModelError(KfoptError):
 
 class ArtifactError(KfoptError):
     """An artifact on disk does not match its metadata (kfopt.json, schema.json, checksums)."""
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) collapsed to one space.
+
+    The CLI promises one line per error; messages that quote a parser's multi-line text pass
+    through here.
+    """
+    return " ".join(str(text).split())
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML parser error as one short phrase with its line and column, e.g.
+    "expected ',' or ']' at line 2, column 1" (PyYAML's own text spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return one_line(f"{problem}{where}")

@@ -37,16 +37,25 @@ def _bundled(name: str) -> RawData:
                    "sklearn:breast_cancer", [str(c) for c in bunch.target_names], list(bunch.feature_names))
 
 
+_MAX_LABEL = 2**31 - 1  # far above any class count; keeps int64 casts exact
+
+
 def _encode_labels(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Integer labels stay as they are (range is validated later); text labels become 0..K-1."""
-    if raw.dtype.kind in "iu":
+    if raw.dtype.kind in "iuf":
+        if raw.dtype.kind == "f" and not (np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))):
+            raise DataError("Labels must be integers or class names; found non-integer numbers in the label data.")
+        if raw.size and raw.max() > _MAX_LABEL:
+            raise DataError(f"Labels go up to {raw.max()}; integer labels must be class indices 0..K-1.")
         return raw.astype(np.int64), []
-    if raw.dtype.kind == "f":
-        if np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)):
-            return raw.astype(np.int64), []
-        raise DataError("Labels must be integers or class names; found non-integer numbers in the label data.")
-    names, codes = np.unique(raw.astype(str), return_inverse=True)
-    return codes.astype(np.int64), [str(n) for n in names]
+    if raw.dtype.kind not in "USb":
+        raise DataError(f"Labels must be integers or class names, got dtype {raw.dtype}.")
+    try:
+        text = raw.astype(str)
+    except UnicodeDecodeError:
+        raise DataError("Labels are bytes that are not text; store class names as UTF-8 strings.") from None
+    names, codes = np.unique(text, return_inverse=True)
+    return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
 
 
 def _csv(path: Path, label_column: str, source: str) -> RawData:
@@ -54,9 +63,9 @@ def _csv(path: Path, label_column: str, source: str) -> RawData:
 
     try:
         with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot read CSV {source}: {exc}.") from None
+            rows = [row for row in csv.reader(handle) if row]  # blank lines carry no sample
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"Cannot read CSV {source}: {exc}; save it as UTF-8 comma-separated text.") from None
     if not rows:
         raise DataError(f"CSV {source} is empty: it has no header and no rows.")
     header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -73,6 +82,8 @@ def _csv(path: Path, label_column: str, source: str) -> RawData:
         if len(row) != len(header):
             raise DataError(f"CSV {source} line {r} has {len(row)} fields, the header has {len(header)}.")
         labels.append(row[li].strip())
+        if not labels[-1]:
+            raise DataError(f"CSV {source} line {r} has no label in column {label_column!r}; label every row.")
         try:
             x[r - 2] = [float(v) if v.strip() else np.nan for i, v in enumerate(row) if i != li]
         except ValueError:
@@ -100,6 +111,12 @@ def _npz(path: Path, source: str) -> RawData:
         raise DataError(f"Cannot read NPZ {source}: {exc}.") from None
     if x.dtype.kind not in "fiu":
         raise DataError(f"NPZ {source}: features 'x' must be numeric, got dtype {x.dtype}.")
+    if x.ndim < 2:
+        raise DataError(f"NPZ {source}: features 'x' must be (samples, features) or (samples, h, w[, c]), "
+                        f"got shape {x.shape}.")
+    if y.ndim > 1 and y.shape[1:] != (1,):
+        raise DataError(f"NPZ {source}: labels 'y' must be one class index per sample, got shape {y.shape}; "
+                        "for one-hot labels save y.argmax(axis=1).")
     y, names = _encode_labels(np.asarray(y).reshape(-1))
     kind = "image" if x.ndim >= 3 else "tabular"
     if x.ndim == 3:
@@ -107,14 +124,33 @@ def _npz(path: Path, source: str) -> RawData:
     return RawData(x.astype(np.float32), y, kind, source, names)
 
 
+def _suffix(source: str) -> str:
+    return Path(source.split("?")[0]).suffix.lower()
+
+
+def check_source(source: str) -> None:
+    """The checks that need no reading: a bundled name, or a .csv/.npz gs:// URI or existing local file."""
+    if source in BUNDLED:
+        return
+    if _suffix(source) not in (".csv", ".npz"):
+        raise DataError(f"Unknown data source {source!r}: use a bundled set ({', '.join(BUNDLED)}) "
+                        "or a .csv / .npz file path or gs:// URI.")
+    if storage.is_gcs(source):
+        storage.parse_gcs(source)
+        return
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"no such file {source}; check the data path (--data, data.source).")
+    if path.is_dir():
+        raise DataError(f"Data source {source} is a folder; point to a .csv or .npz file.")
+
+
 def load(source: str, label_column: str = "label") -> RawData:
     """A bundled name, or a .csv/.npz path or gs:// URI."""
     if source in BUNDLED:
         return _bundled(source)
-    suffix = Path(source.split("?")[0]).suffix.lower()
-    if suffix not in (".csv", ".npz"):
-        raise DataError(f"Unknown data source {source!r}: use a bundled set ({', '.join(BUNDLED)}) "
-                        "or a .csv / .npz file path or gs:// URI.")
+    suffix = _suffix(source)
+    check_source(source)
     with tempfile.TemporaryDirectory(prefix="kfopt-data-") as tmp:
         path = storage.fetch(source, Path(tmp))
         if path.is_dir():
