@@ -91,7 +91,8 @@ def test_unknown_stage_and_pool_lookups_name_the_valid_ones():
     (lambda d: d.update(extra=1), r"'extra' is an unknown key"),
     (lambda d: d["stages"].update(trian={"pool": "cpu", "resources": "small"}),
      r"'stages.trian' is an unknown key"),
-    (lambda d: d["stages"].pop("publish"), r"'stages.publish' is missing"),
+    (lambda d: (d["stages"].pop("publish"), d["resources"].pop("medium")),
+     r"names unknown resource profile 'medium'"),
     (lambda d: d.update(tag=1), r"'tag' must be of type str, not int"),
     (lambda d: d["pools"]["gpu"]["accelerator"].update(count="1"),
      r"'pools.gpu.accelerator.count' must be of type int, not str"),
@@ -181,3 +182,14 @@ def test_names_resolve_in_kfopt_deployment_dir_when_set(tmp_path, monkeypatch):
     assert deployment.load("site").source == tmp_path / "site.yaml"
     with pytest.raises(ConfigError, match="Unknown deployment 'gke'; use one of: site"):
         deployment.load("gke")
+
+
+def test_a_stage_the_file_does_not_place_runs_where_its_row_says(tmp_path):
+    """A new stage needs no edit of every deployment file: it takes its row's pool and profile."""
+    raw = yaml.safe_load((deployment.DEPLOYMENT_DIR / "gke.yaml").read_text())
+    raw["stages"].pop("quantize")
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    dep = deployment.load(str(path))
+    assert dep.stage("quantize").pool == "cpu"
+    assert dep.resources_for("quantize") == dep.resources_for("export")  # both "medium"

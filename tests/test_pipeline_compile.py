@@ -40,15 +40,26 @@ def test_compiled_parameters_have_types_defaults_descriptions(tmp_path):
 
 
 def test_compiled_dag_has_every_stage(tmp_path):
+    from kfopt import stages
+
     spec = _compile(tmp_path)
-    tasks = spec["root"]["dag"]["tasks"]
-    names = {t["taskInfo"]["name"] for t in tasks.values()}
-    assert {"preprocess", "augment", "train", "export", "benchmark_cpu", "benchmark_gpu", "benchmark_tpu",
-            "report"} <= names
-    report = next(t for t in tasks.values() if t["taskInfo"]["name"] == "report")
-    assert {"bench_cpu", "bench_gpu", "bench_tpu"} <= set(report["inputs"]["artifacts"])
+    tasks = {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values()}
+    assert set(tasks) == set(stages.task_names())
+    report = tasks["report"]
+    assert {"bench_dirs_cpu", "bench_dirs_gpu", "bench_dirs_tpu"} <= set(report["inputs"]["artifacts"])
+    # every variant set reaches every benchmark task and the publish task
+    sets = {s.variants for s in stages.STAGES if s.variants}
+    for name in ("benchmark_cpu", "benchmark_gpu", "benchmark_tpu", "publish"):
+        assert sets <= set(tasks[name]["inputs"]["artifacts"]), name
     # every task carries kfopt's code version, so caches never reuse output of older code
     assert all("code_version" in t["inputs"]["parameters"] for t in tasks.values())
+    # every setting a stage's row names is wired from the pipeline parameter of that setting
+    param_of = {path: name for name, path, _ in config.PARAMS}
+    for stage in stages.STAGES:
+        for task_name in stage.task_names():
+            given = tasks[task_name]["inputs"]["parameters"]
+            for key, path in stage.knobs.items():
+                assert given[key]["componentInputParameter"] == param_of[path], (task_name, key)
 
 
 def test_compile_with_unknown_deployment_is_a_clear_error(tmp_path, capsys):

@@ -49,8 +49,8 @@ def check_against_baseline(variant_dir: Path, meta: variant.VariantMeta, baselin
 
 
 def run(dataset_dir: Path, baseline_dir: Path, out_dir: Path, *, enabled: bool = True,
-        batch_sizes: list[int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    batch_sizes = batch_sizes or [1, 64]
+        batch_sizes: tuple[int, ...] = (1, 64), log: Callable[[str], None] = print) -> dict[str, Any]:
+    batch_sizes = list(batch_sizes)
     if not all(isinstance(b, int) and b >= 1 for b in batch_sizes):
         raise ConfigError(f"XLA batch sizes must be positive integers, got {batch_sizes}.")
     parent = variant.read(baseline_dir)
