@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from kfopt.errors import KfoptError
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_list)
     show = sub.add_parser("show", help="the model card(s) of a name: promoted per target, or one --version")
     show.add_argument("name", help="model name, as in `kfopt models list`")
-    show.add_argument("--version", type=int, help="show this version's cards instead of the promoted ones")
+    show.add_argument("--version", type=_version_number, help="show this version's cards instead of the promoted ones")
     show.add_argument("--target", help="only this deployment target")
     show.add_argument("--json", action="store_true", help="print the cards as JSON")
     _registry_option(show)
@@ -38,10 +39,22 @@ def _registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="digits_cnn", help="config whose publish.registry is the default")
 
 
+def _version_number(text: str) -> int:
+    """argparse type of --version: registry versions count from 1."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number; versions are 1, 2, ... "
+                                         "(as in `kfopt models list`, without the v)")
+    return int(text)
+
+
 def _registry(args: argparse.Namespace) -> Registry:
-    from kfopt import config
+    from kfopt import config, storage
 
     uri = args.registry or config.load(args.config).publish.registry or DEFAULT_REGISTRY
+    if storage.is_gcs(uri):
+        storage.parse_gcs(uri)
+    elif Path(uri).exists() and not Path(uri).is_dir():
+        raise KfoptError(f"Registry {uri} is a file; --registry takes the registry's folder or gs:// URI.")
     return Registry(uri)
 
 
