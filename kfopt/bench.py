@@ -94,6 +94,8 @@ def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int]
                            max_seconds=max_seconds, target_ci=target_ci)
         stats["throughput"] = bs / (stats["p50_ms"] / 1e3)
         result["latency"][str(bs)] = stats
+    if hasattr(runner, "runtime_config"):  # what the runtime ran with, read back (OpenVINO: threads, precision)
+        result["runtime_config"] = runner.runtime_config
     result["peak_rss_mb"] = _rss_mb()
     result["load_rss_mb"] = result["peak_rss_mb"] - rss_before
     return result

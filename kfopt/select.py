@@ -49,6 +49,15 @@ def passed(row: dict[str, Any]) -> bool:
     return row.get("status") == "ok" and row.get("verification", {}).get("passed", False)
 
 
+def batch_failure(row: dict[str, Any], objective: str) -> str | None:
+    """Why the variant answered wrongly at the objective's batch size (any batch, for size), from its own
+    per-batch verification (kfopt.json extra["batch_verification"], e.g. the OpenVINO pass); else None."""
+    _, bs = parse_objective(objective)
+    batches = ((row.get("extra") or {}).get("batch_verification") or {}).get("batches", {})
+    failed = [(b, r) for b, r in batches.items() if not r.get("passed") and (bs is None or b == str(bs))]
+    return "; ".join(f"wrong at batch {b}: {r.get('reason')}" for b, r in failed) or None
+
+
 def choose(rows: list[dict[str, Any]], targets: list[str], objectives: dict[str, str] | None = None) -> dict[str, Any]:
     from kfopt.formats import FORMATS
 
@@ -61,10 +70,12 @@ def choose(rows: list[dict[str, Any]], targets: list[str], objectives: dict[str,
         parse_objective(objective)
         serving = [r for r in rows if target in FORMATS[r["format"]].targets
                    and r.get("hardware") == TARGET_HARDWARE[target]]
-        scored = sorted(((s, r) for r in serving if passed(r) and (s := _score(r, objective)) is not None),
+        scored = sorted(((s, r) for r in serving if passed(r) and not batch_failure(r, objective)
+                         and (s := _score(r, objective)) is not None),
                         key=lambda pair: pair[0])
         if not scored:
-            why = "; ".join(f"{r['name']}: {r.get('reason') or r.get('verification', {}).get('reason', 'not measured')}"
+            why = "; ".join(f"{r['name']}: " + (r.get("reason") or batch_failure(r, objective)
+                                                 or r.get("verification", {}).get("reason", "not measured"))
                             for r in serving) or f"no variant serving {target} was measured on {TARGET_HARDWARE[target]} hardware"
             choices[target] = {"chosen": None, "objective": objective, "reason": f"no variant passed: {why}"}
             continue

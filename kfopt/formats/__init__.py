@@ -41,6 +41,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("savedmodel", "kfopt.formats.savedmodel", "TensorFlow", ("cpu",), ("cpu",)),
     Format("tflite", "kfopt.formats.tflite", "LiteRT", ("cpu", "edge"), ("cpu",)),
     Format("onnx", "kfopt.formats.onnx", "ONNX Runtime", ("cpu",), ("cpu",)),
+    Format("openvino", "kfopt.formats.openvino", "OpenVINO", ("cpu",), ("cpu",)),
     Format("tensorrt", "kfopt.formats.tensorrt", "TensorRT", ("gpu",), ("gpu",)),
     Format("xla", "kfopt.formats.xla", "TensorFlow XLA", ("tpu", "cpu"), ("cpu", "tpu")),
 ]}
