@@ -40,8 +40,6 @@ def signature(stage: stages.Stage) -> tuple[list[str], list[str]]:
     required = [f"{key}: {_param_type(path)}" for key, path in stage.knobs.items()]
     for key, source in stage.inputs.items():
         required += [f"{name}: Input[{_output_type(source)}]" for name in stages.input_names(key, source)]
-    if stage.copies:
-        required.append("hardware: str")
     required.append("code_version: str")
     required += [f"{name}: Output[{kind}]" for name, kind in stage.outputs.items()]
     optional = [f"{key}: Input[{_output_type(source)}] = None" for key, source in stage.optional_inputs.items()]
@@ -49,24 +47,28 @@ def signature(stage: stages.Stage) -> tuple[list[str], list[str]]:
     return required, optional
 
 
-def source(stage: stages.Stage) -> str:
+def source(stage: stages.Stage, copy: str = "") -> str:
+    """The component's source; a stage with copies (the benchmark per hardware) gets one component each."""
     required, optional = signature(stage)
     params = ",\n        ".join(required + optional)
-    return (f"def {stage.name}(\n        {params}):\n"
-            f'    """{stage.name}: {stage.doc}"""\n'
+    name = f"{stage.name}_{copy}" if copy else stage.name
+    call = f"execute({stage.name!r}, locals(), copy={copy!r})" if copy else f"execute({stage.name!r}, locals())"
+    return (f"def {name}(\n        {params}):\n"
+            f'    """{name}: {stage.doc}"""\n'
             f"    from kfopt.stages import execute\n\n"
-            f"    execute({stage.name!r}, locals())\n")
+            f"    {call}\n")
 
 
-def function(stage: stages.Stage) -> Callable:
+def function(stage: stages.Stage, copy: str = "") -> Callable:
     """The component function of `stage`, with a source `inspect.getsource` (hence KFP) can read."""
-    text = f"{_TYPE_IMPORTS}\n{source(stage)}"
-    filename = f"<kfopt component {stage.name}>"
+    name = f"{stage.name}_{copy}" if copy else stage.name
+    text = f"{_TYPE_IMPORTS}\n{source(stage, copy)}"
+    filename = f"<kfopt component {name}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
     namespace: dict = {}
-    exec(compile(text, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - source made from our own stage table
-    return namespace[stage.name]
+    exec(compile(text, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - made from our stage table
+    return namespace[name]
 
 
-def make(stage: stages.Stage, image: str):
-    return dsl.component(func=function(stage), base_image=image, install_kfp_package=False)
+def make(stage: stages.Stage, image: str, copy: str = ""):
+    return dsl.component(func=function(stage, copy), base_image=image, install_kfp_package=False)

@@ -8,6 +8,7 @@ into the typed parameters a user sets in the Kubeflow UI (see PARAMS), so `kfopt
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ class DataConfig:
     seed: int = 42
     min_samples: int = 50
     limit: int = 0  # keep only this many samples (stratified); 0 keeps all
-    normalize: bool = True  # standardize with train statistics (recorded in schema.json)
+    # auto | standardize | none. auto: standardize (train statistics) for a model kfopt trains; none (the data
+    # exactly as given) for a brought model (model.uri). Resolved in the preprocess stage, recorded in schema.json.
+    normalize: str = "auto"
 
 
 @dataclasses.dataclass
@@ -135,7 +138,7 @@ class SelectConfig:
 class PublishConfig:
     enabled: bool = True
     registry: str = ""  # folder or gs:// URI; empty: <runs dir>/registry locally, <pipeline root bucket>/registry
-    model_name: str = ""  # empty: the config's name
+    model_name: str = ""  # empty: a brought model's file/folder name, else the config's name (publish.resolve_name)
     accuracy_tolerance_pp: float = 0.5  # a new model may be this much less accurate than the promoted one
     latency_tolerance: float = 0.10  # ... and this much slower (relative, same environment only)
 
@@ -177,10 +180,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list of {_type_name(item_tp)}, got {value!r}.")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2**1000 else math.inf
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}.")
         return value
     raise ConfigError(f"{where}: unsupported type {tp}.")  # a programming error, kept loud
 
@@ -190,7 +195,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'the configuration'} must be a mapping of keys to values, got {raw!r}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = [key for key in raw if key not in fields]  # keys may be of any type YAML allows
     if unknown:
         section = f"section '{where}'" if where else "the top level"
         raise ConfigError(f"Unknown config key {unknown[0]!r} in {section}; known keys: {', '.join(fields)}.")
@@ -203,8 +208,12 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def from_dict(raw: dict) -> RunConfig:
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("normalize"), bool):  # the old switch: true meant standardize
+        raw = {**raw, "data": {**data, "normalize": "standardize" if data["normalize"] else "none"}}
     cfg = _build(RunConfig, raw, "")
-    cfg.publish.model_name = cfg.publish.model_name or cfg.name
+    if not cfg.publish.model_name and not cfg.model.uri and cfg.name != cfg.model.architecture:
+        cfg.publish.model_name = cfg.name  # else left empty: the stages name it (kfopt.publish.resolve_name)
     validate(cfg)
     return cfg
 
@@ -242,6 +251,8 @@ def validate(cfg: RunConfig) -> None:
     check(0 < d.test_fraction < 0.5, f"data.test_fraction must be in (0, 0.5), got {d.test_fraction}.")
     check(d.val_fraction + d.test_fraction < 0.8, "data.val_fraction + data.test_fraction must leave at least 20% for training.")
     check(d.limit >= 0, f"data.limit must be 0 (all) or a positive sample count, got {d.limit}.")
+    check(d.normalize in ("auto", "standardize", "none"),
+          f"data.normalize must be auto, standardize or none, got {d.normalize!r}.")
     check(t.epochs >= 1, f"train.epochs must be at least 1, got {t.epochs}.")
     check(t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}.")
     check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
@@ -249,6 +260,14 @@ def validate(cfg: RunConfig) -> None:
           f"train.mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}.")
     _validate_optimize(cfg)
     check(a.factor >= 0, f"augment.factor must be >= 0, got {a.factor}.")
+    check(a.max_shift >= 0, f"augment.max_shift must be >= 0 pixels, got {a.max_shift}.")
+    check(0 <= a.max_rotation <= 180, f"augment.max_rotation must be in [0, 180] degrees, got {a.max_rotation}.")
+    check(a.noise_std >= 0, f"augment.noise_std must be >= 0, got {a.noise_std}.")
+    check(d.min_samples >= 10, f"data.min_samples must be at least 10 (the splits need samples), got {d.min_samples}.")
+    check(b.warmup >= 0, f"bench.warmup must be >= 0, got {b.warmup}.")
+    check(b.min_runs >= 1, f"bench.min_runs must be at least 1, got {b.min_runs}.")
+    check(0 < b.target_ci < 1, f"bench.target_ci must be in (0, 1) (relative half-width), got {b.target_ci}.")
+    check(b.max_seconds > 0, f"bench.max_seconds must be positive, got {b.max_seconds}.")
     check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
     check(b.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {b.threads}.")
     r = cfg.tensorrt
@@ -300,10 +319,14 @@ PARAMS: list[tuple[str, str, str]] = [
     ("test_fraction", "data.test_fraction", "Fraction of samples held out for the test split (accuracy, verification)."),
     ("split_seed", "data.seed", "Seed of the stratified train/val/test split."),
     ("sample_limit", "data.limit", "Keep only this many samples (stratified); 0 keeps all."),
-    ("normalize", "data.normalize", "Standardize features with statistics of the training split."),
+    ("min_samples", "data.min_samples", "Fewest samples (after sample_limit) the dataset may have; fewer is an error."),
+    ("normalize", "data.normalize", "auto, standardize or none. auto: standardize (training-split statistics) for a model kfopt trains, none (data exactly as given) when model_uri is set."),
     ("augment_enabled", "augment.enabled", "Augment the training split."),
     ("augment_factor", "augment.factor", "Augmented copies per training sample."),
     ("augment_seed", "augment.seed", "Seed of the augmentation."),
+    ("augment_max_shift", "augment.max_shift", "Largest shift in pixels of an augmented image (images only)."),
+    ("augment_max_rotation", "augment.max_rotation", "Largest rotation in degrees of an augmented image (images only)."),
+    ("augment_noise_std", "augment.noise_std", "Standard deviation of the Gaussian noise added to augmented samples (normalized units)."),
     ("model_architecture", "model.architecture", "Model architecture to train (digits_cnn, breast_cancer_mlp, ...)."),
     ("model_uri", "model.uri", "An already trained Keras model (.keras or SavedModel, local or gs://); empty trains one."),
     ("epochs", "train.epochs", "Maximum training epochs (early stopping on validation loss)."),
@@ -342,11 +365,14 @@ PARAMS: list[tuple[str, str, str]] = [
     ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),
     ("bench_threads", "bench.threads", "Intra-op threads per runtime during the benchmark (0 = runtime default)."),
     ("bench_max_seconds", "bench.max_seconds", "Time limit per variant and batch size for the timed runs."),
+    ("bench_warmup", "bench.warmup", "Untimed warm-up runs per variant and batch size."),
+    ("bench_min_runs", "bench.min_runs", "Fewest timed runs per variant and batch size."),
+    ("bench_target_ci", "bench.target_ci", "Stop timing once the median's 95% confidence interval is within this relative width."),
     ("targets", "select.targets", "Deployment targets to choose a variant for (JSON list of cpu, edge, gpu, tpu)."),
     ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> or size (JSON object)."),
     ("publish_enabled", "publish.enabled", "Publish the run into the model registry, behind the regression gate."),
     ("registry", "publish.registry", "Model registry root: a gs:// URI (or a folder); empty: gs://<pipeline root's bucket>/registry."),
-    ("model_name", "publish.model_name", "Name the models are published under in the registry."),
+    ("model_name", "publish.model_name", "Name the models are published under in the registry; empty: a brought model's file/folder name (model_uri), else the architecture's."),
     ("accuracy_tolerance_pp", "publish.accuracy_tolerance_pp", "Accuracy (pp) a new model may lose vs the promoted one and still replace it."),
     ("latency_tolerance", "publish.latency_tolerance", "Relative p50 latency a new model may add vs the promoted one (same environment only)."),
 ]

@@ -16,13 +16,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from kfopt.errors import ConfigError
+from kfopt import stages as stage_table
+from kfopt.errors import ConfigError, yaml_problem
 
-#: Every stage of the kfopt pipeline; a deployment must place each of them, no more.
-STAGES = (
-    "preprocess", "augment", "train", "export", "quantize", "prune", "distill", "tensorrt", "xla",
-    "benchmark_cpu", "benchmark_gpu", "benchmark_tpu", "report", "publish",
-)
+#: Every task of the kfopt pipeline (from the stage table). A deployment places them; one it does not name
+#: runs where its row says (`pool`, `resources`: the cpu pool and the medium profile unless the row says otherwise).
+STAGES = stage_table.task_names()
 
 #: Single-host slices per GKE TPU accelerator label (a KFP task is one pod, so one host).
 #: Source: GKE "Plan TPUs" reference tables (machine types ct4p/ct5lp/ct5p/ct6e).
@@ -155,7 +154,13 @@ def load(name_or_path: str) -> Deployment:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"Deployment file {path} is not valid YAML ({error}); fix its syntax.")
+        raise ConfigError(f"Deployment file {path} is not valid YAML ({yaml_problem(error)}); "
+                          "fix its syntax.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Deployment file {path} is not UTF-8 text; pass a YAML file.") from None
+    except OSError as error:
+        raise ConfigError(f"Cannot read deployment file {path} ({error.strerror}); check its "
+                          "permissions.") from None
     return _Parser(path).deployment(raw)
 
 
@@ -215,8 +220,9 @@ class _Parser:
         pools = {name: self.pool(name, spec, registry, tag) for name, spec in pools_raw.items()}
         profiles = {name: self.resources(f"resources.{name}", spec)
                     for name, spec in self.typed(doc["resources"], "resources", dict).items()}
-        stages_raw = self.mapping(doc["stages"], "stages", STAGES)
-        stages = {name: self.stage(name, stages_raw[name], pools, profiles) for name in STAGES}
+        stages_raw = self.mapping(doc["stages"], "stages", (), STAGES)
+        stages = {name: self.stage(name, stages_raw.get(name, stage_table.default_placement(name)), pools, profiles)
+                  for name in STAGES}
         root = doc.get("pipeline_root")
         if root is not None and not self.typed(root, "pipeline_root", str).startswith(
                 ("gs://", "s3://", "minio://", "/")):
@@ -255,9 +261,9 @@ class _Parser:
     def image(self, key: str, template: str, registry: str, tag: str) -> str:
         try:
             image = template.format(registry=registry, tag=tag)
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             raise self.fail(key, f"({template}) may only use the placeholders {{registry}} "
-                                 "and {tag}")
+                                 "and {tag}") from None
         problem = image_pin_problem(image)
         if problem:
             raise self.fail(key, f"({image}) {problem}")

@@ -194,17 +194,18 @@ def coerce(value: Any, tp: Any) -> Any:
     return value
 
 
-def execute(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+def execute(name: str, arguments: dict[str, Any], copy: str = "") -> dict[str, Any]:
     """The body of every kfopt component: call the stage function of row `name` with the task's arguments.
 
     `arguments` is the component's `locals()`: parameters by run() keyword, KFP artifacts (objects with
-    `.path`, `.uri`, `.metadata`) by input/output name. Returns the stage's metrics.
+    `.path`, `.uri`, `.metadata`) by input/output name; `copy` is the hardware of a benchmark task.
+    Returns the stage's metrics.
     """
     from kfopt import stage_outputs
     from kfopt.stage import guard
 
     stage = get(name)
-    task = f"{name}_{arguments['hardware']}" if stage.copies else name
+    task = f"{name}_{copy}" if copy else name
     kwargs = {key: coerce(arguments[key], config_type(path)) for key, path in stage.knobs.items()}
     for key, source in stage.inputs.items():
         names = input_names(key, source)
@@ -218,8 +219,8 @@ def execute(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         shared = [kwargs[key] for key, source in stage.inputs.items() if source == "train.baseline"]
         sets = [arguments[n].path for n, _ in fan_in_sets(stage) if arguments.get(n) is not None]
         kwargs[stage.fan_in] = shared + sets
-    if stage.copies:
-        kwargs["hardware"] = arguments["hardware"]
+    if copy:
+        kwargs["hardware"] = copy
     main = next(iter(stage.outputs))
     kwargs[OUT] = arguments[main].path
     stage_outputs.before(name, kwargs, arguments)

@@ -59,7 +59,6 @@ def _wire(params: dict, deployment: deploy_mod.Deployment, version: str):
     param_of = {path: name for name, path, _ in cfg_mod.PARAMS}
     outputs: dict[str, dict[str, list]] = {}  # stage → output → the tasks' outputs (one per copy)
     for stage in stages.STAGES:
-        component = make(stage, deployment.pool_for(stage.task_names()[0]).image)
         arguments = {key: params[param_of[path]] for key, path in stage.knobs.items()}
         for key, source in {**stage.inputs, **stage.optional_inputs}.items():
             upstream, _, output = source.partition(".")
@@ -68,9 +67,9 @@ def _wire(params: dict, deployment: deploy_mod.Deployment, version: str):
             upstream, _, output = source.partition(".")
             arguments[name] = outputs[upstream][output][0]
         produced: dict[str, list] = {name: [] for name in stage.outputs}
-        for copy, task_name in zip(stage.copies or [None], stage.task_names()):
-            extra = {"hardware": copy} if copy else {}
-            task = component(**arguments, **extra, code_version=version)
+        for copy, task_name in zip(stage.copies or [""], stage.task_names()):
+            component = make(stage, deployment.pool_for(task_name).image, copy)
+            task = component(**arguments, code_version=version)
             task.set_display_name(task_name)
             placement.apply(task, task_name, deployment)
             if not stage.cache:

@@ -101,7 +101,7 @@ def test_each_setting_arrives_at_run(stage, monkeypatch, tmp_path):
     defaults = config.RunConfig()
     values = {key: _distinct(config.get_path(defaults, path), stages.config_type(path))
               for key, path in stage.knobs.items()}
-    arguments = dict(values, code_version="test", hardware="cpu")
+    arguments = dict(values, code_version="test")
     for key, source in {**stage.inputs, **stage.optional_inputs}.items():
         for name in stages.input_names(key, source):
             arguments[name] = _Artifact(path=str(tmp_path / name), metadata={})
@@ -109,7 +109,7 @@ def test_each_setting_arrives_at_run(stage, monkeypatch, tmp_path):
         arguments[name] = _Artifact(path=str(tmp_path / name), metadata={})
     for name in stage.outputs:
         arguments[name] = _Artifact(path=str(tmp_path / name), uri=str(tmp_path / name), metadata={})
-    stages.execute(stage.name, arguments)
+    stages.execute(stage.name, arguments, copy=stage.copies[0] if stage.copies else "")
     for key, value in values.items():
         assert received[key] == value, f"{stage.knobs[key]} did not reach {stage.run} as {key}"
     assert received[stages.OUT] == str(tmp_path / next(iter(stage.outputs)))
@@ -154,3 +154,5 @@ def test_a_new_format_is_one_row(monkeypatch, tmp_path):
     for consumer in ("benchmark_cpu", "benchmark_gpu", "benchmark_tpu", "publish"):
         source = tasks[consumer]["inputs"]["artifacts"]["simplified"]["taskOutputArtifact"]
         assert source["producerTask"] == "onnx-sim"
+    assert tasks["report"]["inputs"]["artifacts"]["bench_dirs_gpu"]["taskOutputArtifact"]["producerTask"] == \
+        "benchmark-gpu"
