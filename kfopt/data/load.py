@@ -45,8 +45,9 @@ def _encode_labels(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
     if raw.dtype.kind in "iuf":
         if raw.dtype.kind == "f" and not (np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))):
             raise DataError("Labels must be integers or class names; found non-integer numbers in the label data.")
-        if raw.size and raw.max() > _MAX_LABEL:
-            raise DataError(f"Labels go up to {raw.max()}; integer labels must be class indices 0..K-1.")
+        if raw.size and max(abs(float(raw.max())), abs(float(raw.min()))) > _MAX_LABEL:
+            raise DataError(f"Labels range from {raw.min()} to {raw.max()}; integer labels must be class "
+                            "indices 0..K-1.")
         return raw.astype(np.int64), []
     if raw.dtype.kind not in "USb":
         raise DataError(f"Labels must be integers or class names, got dtype {raw.dtype}.")
@@ -121,7 +122,8 @@ def _npz(path: Path, source: str) -> RawData:
     kind = "image" if x.ndim >= 3 else "tabular"
     if x.ndim == 3:
         x = x[..., None]
-    return RawData(x.astype(np.float32), y, kind, source, names)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which validate() reports
+        return RawData(x.astype(np.float32), y, kind, source, names)
 
 
 def _suffix(source: str) -> str:
