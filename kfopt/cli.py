@@ -7,36 +7,53 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import typing
 from pathlib import Path
 
 import yaml
 
 from kfopt import __version__
 from kfopt import config as cfg_mod
-from kfopt.errors import ConfigError, KfoptError
+from kfopt.errors import ConfigError, KfoptError, StorageError, one_line, yaml_problem
 
 
 def _apply_overrides(raw: dict, pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects section.key=value, got {pair!r}.")
-        node = raw
         parts = key.split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set expects section.key=value (e.g. train.epochs=5), got {pair!r}.")
+        node = raw
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section.")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({yaml_problem(exc)}); "
+                              "quote it, e.g. --set 'data.source=\"my file.csv\"'.") from None
     return raw
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML ({yaml_problem(exc)}); fix its syntax.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not UTF-8 text; pass a YAML config file.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path} ({exc.strerror}); check the path and its permissions.") from None
 
 
 def load_config(args: argparse.Namespace) -> cfg_mod.RunConfig:
     path = cfg_mod.resolve_path(args.config)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    raw = _read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} must be a mapping of sections (data:, train:, ...), "
+                          f"got a {type(raw).__name__}; see config/digits_cnn.yaml.")
     extra = list(getattr(args, "set", None) or [])
     if getattr(args, "data", None):
         extra.append(f"data.source={args.data}")
@@ -44,6 +61,8 @@ def load_config(args: argparse.Namespace) -> cfg_mod.RunConfig:
         extra.append(f"data.label_column={args.label_column}")
     if getattr(args, "model", None):
         extra.append(f"model.uri={args.model}")
+    if getattr(args, "normalize", None):
+        extra.append(f"data.normalize={args.normalize}")
     if getattr(args, "deployment", None):
         extra.append(f"deployment={args.deployment}")
     try:
@@ -57,6 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfopt import local_run, report
 
     cfg = load_config(args)
+    _check_inputs(cfg)
+    _check_runs_dir(Path(args.runs_dir))
     print(f"kfopt {__version__}: running pipeline '{cfg.name}' locally (kfp.local) on {cfg.data.source}", flush=True)
     run_dir = local_run.run(cfg, Path(args.runs_dir), cache=not args.no_cache, verbose=args.verbose)
     data = local_run.load_report(run_dir / "report.json")
@@ -70,6 +91,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_inputs(cfg: cfg_mod.RunConfig) -> None:
+    """Local data and model paths checked before kfp.local starts, so a typo costs no pipeline start."""
+    from kfopt import deployment, storage
+    from kfopt.data import load
+
+    deployment.load(cfg.deployment)
+    load.check_source(cfg.data.source)
+    uri = cfg.model.uri
+    if uri and not storage.is_gcs(uri) and not Path(uri).exists():
+        raise ConfigError(f"Model {uri} does not exist; --model (model.uri) takes a trained model file or "
+                          "SavedModel folder, as a local path or gs:// URI.")
+
+
+def _check_runs_dir(runs_dir: Path) -> None:
+    """--runs-dir must be a folder kfopt can create and write; say so before any stage runs."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise StorageError(f"--runs-dir {runs_dir} is a file, not a folder; pass a folder (default: runs/).")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=runs_dir, prefix=".kfopt-write-test-"):
+            pass
+    except OSError as exc:
+        raise StorageError(f"Cannot write to --runs-dir {runs_dir} ({exc.strerror}); pass a writable folder.") from None
+
+
+def _output_path(text: str) -> Path:
+    """The -o of `kfopt compile`: a .yaml file in an existing folder (kfp only writes .yaml packages)."""
+    out = Path(text)
+    if out.is_dir():
+        raise StorageError(f"-o {out} is a folder; name a file inside it, e.g. -o {out / 'kfopt_pipeline.yaml'}.")
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"-o {out}: a pipeline package is a .yaml file; e.g. -o {out.with_suffix('.yaml')}.")
+    if not out.parent.is_dir():
+        raise StorageError(f"-o {out}: the folder {out.parent} does not exist; create it or write elsewhere.")
+    return out
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
@@ -77,12 +135,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.kfopt_pipeline import build
 
     cfg = load_config(args)
+    out = _output_path(args.output)
     deployment = deploy_mod.load(cfg.deployment)
-    out = Path(args.output)
     tmp = out.with_name(f".partial-{out.name}")
     try:
         compiler.Compiler().compile(build(deployment), str(tmp), pipeline_parameters=cfg_mod.pipeline_params(cfg))
         tmp.replace(out)
+    except OSError as exc:
+        raise StorageError(f"Cannot write {out} ({exc.strerror}); choose a writable -o path with free space.") from None
     finally:
         tmp.unlink(missing_ok=True)
     print(f"Compiled pipeline ({cfg.name}, deployment {deployment.name}) → {out}")
@@ -92,6 +152,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from kfopt import local_run, report
 
+    if Path(args.run).is_file():
+        raise StorageError(f"{args.run} is a file; `kfopt report` takes a run folder, its name under "
+                           f"{args.runs_dir}/, or latest.")
     path = local_run.find_report(args.run, Path(args.runs_dir))
     data = local_run.load_report(path)
     report.render_in_place(data, path.parent)  # with this kfopt's renderer
@@ -100,8 +163,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with kfopt's error format: one `kfopt: error:` line, exit code 2, no usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = "" if self.prog == "kfopt" else f"{self.prog.removeprefix('kfopt ')}: "
+        print(f"kfopt: error: {command}{message} (see `{self.prog} --help`).", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kfopt", description=__doc__.splitlines()[0])
+    p = _Parser(prog="kfopt", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"kfopt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -110,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", help="dataset: bundled name, or CSV/NPZ path or gs:// URI")
         sp.add_argument("--label-column", help="label column of a CSV dataset")
         sp.add_argument("--model", help="an already trained Keras model (.keras or SavedModel, path or gs://)")
+        sp.add_argument("--normalize", choices=("auto", "standardize", "none"),
+                        help="auto (default): standardize for a model kfopt trains, data as given for --model")
         sp.add_argument("--deployment", help="deployment name under config/deployment/ or a YAML path")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
 
@@ -142,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KfoptError as exc:
-        print(f"kfopt: error: {exc}", file=sys.stderr)
+        print(f"kfopt: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # last resort: a path the user gave that no specific check caught
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"kfopt: error: {one_line(exc.strerror or exc)}{where}; check the path, its permissions "
+              "and the free disk space.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kfopt: interrupted", file=sys.stderr)
