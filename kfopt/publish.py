@@ -13,6 +13,17 @@ passes the regression gate against the model promoted last for the same name and
   promotion refuses the promotion (the old model stays, the reason says how to repair): a gate
   that cannot read what it compares with must not pass.
 
+Two runs are never gated against each other when they are not the same thing:
+
+- a name holds one architecture: if the promoted model's interface (input shape and dtype, output
+  width) differs from this run's, nothing is published and the reason says to use another name;
+- a rerun whose chosen variant is byte-identical (the sha256 of every file, kfopt.json `files`) to
+  the promoted one is "already promoted as vN": no new promotion, and no new version at all when
+  that holds for every target that has a choice.
+
+A brought model (technique "provided") is published under the user's `model_name`, else under its
+own file/folder name (`name_from_uri`), never under a config's name (`resolve_name`).
+
 The outcome per target is a blessing (TFX's idea) that later steps read: {target, variant, blessed,
 decision, reasons, metrics, ...}. A promoted variant gets a deployment folder with a model card
 (metrics, budget, environment, lineage, gate), its files and, for cpu and gpu, a Triton model
@@ -38,6 +49,7 @@ PUBLISH_JSON = "publish.json"
 BLESSINGS = "blessings"
 TRITON_TARGETS = ("cpu", "gpu")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MODEL_SUFFIXES = (".keras", ".h5", ".onnx", ".pt", ".pt2", ".pth", ".pb", ".tflite", ".savedmodel")
 
 
 def _now() -> str:
@@ -59,6 +71,82 @@ def check_name(name: str) -> None:
     if not _NAME.fullmatch(name or ""):
         raise ConfigError(f"Model name {name!r} cannot name a registry folder; use letters, digits, '.', '_' or '-' "
                           "(publish.model_name).")
+
+
+def name_from_uri(uri: str) -> str:
+    """A registry name from a model's file or folder name: `gs://b/models/Mobile Net.keras` → `Mobile-Net`.
+
+    A trailing version folder (TF Serving's `<model>/1/`) names nothing, so its parent's name is used;
+    characters check_name refuses become '-'.
+    """
+    parts = [p for p in re.split(r"[/\\]+", str(uri)) if p and not p.endswith(":")]
+    while len(parts) > 1 and parts[-1].isdigit():
+        parts.pop()
+    last = parts[-1] if parts else ""
+    for suffix in _MODEL_SUFFIXES:
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:128].rstrip("-._")
+    return name or "model"
+
+
+def resolve_name(name: str, baseline_params: dict[str, Any]) -> str:
+    """The registry name: `name` if set, else a brought model's own (its file/folder), else the architecture's.
+
+    `baseline_params` are the baseline variant's kfopt.json params; an empty pipeline parameter
+    model_name (a Kubeflow UI run that sets only model_uri) is resolved here, in the stage.
+    """
+    if name:
+        return name
+    if baseline_params.get("model_uri"):
+        return name_from_uri(baseline_params["model_uri"])
+    return str(baseline_params.get("architecture") or "model")
+
+
+def interface(meta: variant.VariantMeta) -> dict[str, Any]:
+    """What a model takes and gives, to tell architectures apart: input shape (no batch) and dtype, output width."""
+    return {"input_shape": list(meta.input.shape[1:]), "input_dtype": meta.input.dtype,
+            "output_width": meta.output.shape[-1] if meta.output.shape else None}
+
+
+def _card_interface(card: dict[str, Any]) -> dict[str, Any]:
+    """A card's model interface; older cards have none, so their variant's shapes stand in (dtype unknown)."""
+    if card.get("interface"):
+        return card["interface"]
+    spec = card["variant"]
+    return {"input_shape": list(spec["input"]["shape"][1:]), "input_dtype": None,
+            "output_width": (spec["output"]["shape"] or [None])[-1]}
+
+
+def _mismatch(mine: dict[str, Any], card: dict[str, Any]) -> str | None:
+    """Why `card` (a promoted model) is another architecture than a model with interface `mine`, or None."""
+    theirs = _card_interface(card)
+    same_dtype = theirs.get("input_dtype") in (None, mine["input_dtype"])
+    if theirs["input_shape"] == mine["input_shape"] and same_dtype and theirs["output_width"] == mine["output_width"]:
+        return None
+
+    def shown(i: dict[str, Any]) -> str:
+        dtype = f" {i['input_dtype']}" if i.get("input_dtype") else ""
+        return f"input {tuple(i['input_shape'])}{dtype} and {i['output_width']} outputs"
+
+    return (f"{card['name']} v{card['version']} (promoted for {card['target']}) is another architecture: "
+            f"{shown(theirs)}, this model {shown(mine)}; the gate compares a model only with the same "
+            "architecture. Publish this model under another name (publish.model_name, pipeline parameter "
+            "model_name; empty: the model file's own name)")
+
+
+def _same_files(meta: variant.VariantMeta, card: dict[str, Any]) -> bool:
+    return bool(meta.files) and meta.files == card["variant"].get("files")
+
+
+def _promoted_card(reg: Registry, target: str, name: str) -> tuple[Promotion | None, dict[str, Any] | None]:
+    """The promotion on `target` and its card; (promotion, None) when it cannot be read (the gate reports it)."""
+    try:
+        previous = reg.promoted(target, name)
+        return previous, (reg.card(previous) if previous else None)
+    except ArtifactError:
+        return None, None
 
 
 def _index(variant_roots: list[Path]) -> dict[str, Path]:
@@ -156,10 +244,11 @@ def _no_triton(target: str, fmt: str) -> str:
 class _Run:
     """One publication: the inputs every target's promotion needs, gathered once."""
 
-    def __init__(self, report: dict[str, Any], variants: dict[str, Path], reg: Registry, name: str, version: int,
-                 run_id: str, dataset: dict[str, Any] | None, tolerances: dict[str, float]):
+    def __init__(self, report: dict[str, Any], variants: dict[str, Path], reg: Registry, name: str,
+                 version: int | None, run_id: str, dataset: dict[str, Any] | None, tolerances: dict[str, float],
+                 model: dict[str, Any]):
         self.report, self.variants, self.reg, self.name, self.version = report, variants, reg, name, version
-        self.run_id, self.dataset, self.tolerances = run_id, dataset, tolerances
+        self.run_id, self.dataset, self.tolerances, self.model = run_id, dataset, tolerances, model
 
     def card(self, target: str, choice: dict[str, Any], row: dict[str, Any], meta: variant.VariantMeta,
              previous: Promotion | None) -> dict[str, Any]:
@@ -171,7 +260,7 @@ class _Run:
         ver, spec = row["verification"], meta.to_dict()
         return {
             "schema": "kfopt.model_card/1", "name": self.name, "version": self.version, "target": target,
-            "created": _now(), "run_id": self.run_id, "objective": choice["objective"],
+            "created": _now(), "run_id": self.run_id, "objective": choice["objective"], "interface": self.model,
             "selection": {k: choice.get(k) for k in ("reason", "runner_up", "runner_up_reason") if choice.get(k)},
             "variant": {k: spec[k] for k in ("name", "format", "precision", "framework", "technique", "params",
                                              "parent", "task", "input", "output", "files")},
@@ -250,7 +339,15 @@ class _Run:
                 prev_card = self.reg.card(previous) if previous else None
             except ArtifactError as err:
                 return {**blessing, "decision": "kept", "reasons": [f"not promoted: {err}", serving]}
-            card = self.card(target, choice, row, variant.read(vdir), previous)
+            meta = variant.read(vdir)
+            if prev_card is not None and _same_files(meta, prev_card):
+                return {**blessing, "blessed": True, "decision": "unchanged", "uri": previous.folder,
+                        "reasons": [f"already promoted as v{previous.version}: {meta.name} is byte-identical to "
+                                    "it (sha256 of every file)", serving]}
+            refusal = _mismatch(self.model, prev_card) if prev_card is not None else None
+            if refusal:
+                return {**blessing, "decision": "refused", "reasons": [f"not compared: {refusal}", serving]}
+            card = self.card(target, choice, row, meta, previous)
             blessed, reasons, compared = gate(card, prev_card, accuracy_tolerance_pp=self.tolerances["accuracy_pp"],
                                               latency_tolerance=self.tolerances["latency_relative"])
             blessing.update(latency_compared=compared, reasons=reasons)
@@ -295,14 +392,22 @@ def _load_report(report_dir: Path) -> dict[str, Any]:
 def run(report_dir: Path, variant_roots: list[Path], registry_uri: str, name: str, out_dir: Path, *,
         accuracy_tolerance_pp: float = 0.5, latency_tolerance: float = 0.10, dataset_dir: Path | None = None,
         enabled: bool = True, run_id: str | None = None) -> dict[str, Any]:
-    """Publish one run; write blessings/<target>.json, publish.json and publish.md to `out_dir`."""
-    check_name(name)
+    """Publish one run; write blessings/<target>.json, publish.json and publish.md to `out_dir`.
+
+    An empty `name` is resolved from the baseline (resolve_name): a brought model's own name.
+    """
+    if name:
+        check_name(name)
     if enabled and not str(registry_uri).strip():
         raise ConfigError("No model registry is set; set publish.registry (pipeline parameter registry) to a gs:// "
                           "URI or a folder, or switch publishing off with publish.enabled=false.")
     if accuracy_tolerance_pp < 0 or latency_tolerance < 0:
         raise ConfigError("publish.accuracy_tolerance_pp and publish.latency_tolerance must be >= 0.")
     report = _load_report(report_dir)
+    variants = _index(variant_roots)
+    baseline = variant.read(_variant_dir(variants, report["baseline"]["name"]), verify=False)
+    name = resolve_name(name, baseline.params)
+    check_name(name)
     tolerances = {"accuracy_pp": accuracy_tolerance_pp, "latency_relative": latency_tolerance}
     result: dict[str, Any] = {"name": name, "registry": str(registry_uri), "enabled": enabled, "version": None,
                               "run_id": run_id or uuid.uuid4().hex, "created": _now(), "tolerances": tolerances}
@@ -311,7 +416,7 @@ def run(report_dir: Path, variant_roots: list[Path], registry_uri: str, name: st
                                  "reasons": ["publishing is switched off (publish.enabled is false)"], "metrics": {}}
                              for t, c in report["choices"].items()}
     else:
-        _publish(result, report, variant_roots, Registry(str(registry_uri)), _dataset(dataset_dir))
+        _publish(result, report, variants, Registry(str(registry_uri)), _dataset(dataset_dir))
     with variant.staged_dir(Path(out_dir)) as tmp:
         (tmp / BLESSINGS).mkdir()
         for target, blessing in result["targets"].items():
@@ -321,13 +426,31 @@ def run(report_dir: Path, variant_roots: list[Path], registry_uri: str, name: st
     return result
 
 
-def _publish(result: dict[str, Any], report: dict[str, Any], variant_roots: list[Path], reg: Registry,
+def _publish(result: dict[str, Any], report: dict[str, Any], variants: dict[str, Path], reg: Registry,
              dataset: dict[str, Any] | None) -> None:
-    """Write the run into the registry, gate every target; fills in `result` and records it as publish.json."""
+    """Write the run into the registry, gate every target; fills in `result` and records it as publish.json.
+
+    Nothing is written when the name's promoted models are another architecture (result["refused"]),
+    nor when every chosen variant is byte-identical to the promoted one (result["unchanged"]).
+    """
     name, run_id = result["name"], result["run_id"]
-    variants = _index(variant_roots)
     baseline_dir = _variant_dir(variants, report["baseline"]["name"])
-    variant.read(baseline_dir)
+    model = interface(variant.read(baseline_dir))
+    promoted = {t: _promoted_card(reg, t, name) for t in report["choices"]}
+    refusal = next((why for _, card in promoted.values() if card and (why := _mismatch(model, card))), None)
+    if refusal:
+        result.update(refused=refusal, optimized=[], targets={t: {
+            "target": t, "variant": c.get("chosen"), "version": None, "blessed": False, "decision": "refused",
+            "reasons": [f"not published: {name} holds another architecture"], "metrics": {}}
+            for t, c in report["choices"].items()})
+        return
+    chosen = {t: c["chosen"] for t, c in report["choices"].items() if c.get("chosen")}
+    if chosen and all(promoted[t][1] and _same_files(variant.read(_variant_dir(variants, v), verify=False),
+                                                     promoted[t][1]) for t, v in chosen.items()):
+        pub = _Run(report, variants, reg, name, None, run_id, dataset, result["tolerances"], model)
+        result.update(unchanged=True, optimized=[],
+                      targets={t: pub.target(t, c) for t, c in report["choices"].items()})
+        return
     try:
         version = reg.claim_version(name, {"token": uuid.uuid4().hex, "run_id": run_id, "name": name,
                                            "created": _now(), "kfopt_version": __version__})
@@ -341,7 +464,7 @@ def _publish(result: dict[str, Any], report: dict[str, Any], variant_roots: list
         vdir = _variant_dir(variants, vname)
         variant.read(vdir)
         storage.upload_dir(vdir, f"{reg.optimized(name, version)}/{vname}")
-    pub = _Run(report, variants, reg, name, version, run_id, dataset, result["tolerances"])
+    pub = _Run(report, variants, reg, name, version, run_id, dataset, result["tolerances"], model)
     result.update(version=version, optimized=optimized,
                   uris={"version": reg.version_dir(name, version), "trained": reg.trained(name, version),
                         "optimized": reg.optimized(name, version)},
@@ -359,6 +482,10 @@ def summary_lines(pub: dict[str, Any]) -> list[str]:
                          + (f" (Triton repository: {b['triton']})" if b.get("triton") else ""))
         elif b["decision"] == "kept":
             lines.append(f"{target}: {b['variant']} not promoted — {why}")
+        elif b["decision"] == "unchanged":
+            lines.append(f"{target}: {b['variant']} {why}")
+        elif b["decision"] == "refused":
+            lines.append(f"{target}: {b['variant'] or 'nothing'} refused — {why}")
         else:
             lines.append(f"{target}: {why}")
     return lines
@@ -367,6 +494,11 @@ def summary_lines(pub: dict[str, Any]) -> list[str]:
 def headline(pub: dict[str, Any]) -> str:
     if not pub["enabled"]:
         return f"Publishing is switched off; nothing was written to the model registry {pub['registry']}."
+    if pub.get("refused"):
+        return f"Model registry {pub['registry']}: nothing published. {pub['refused']}."
+    if pub.get("unchanged"):
+        return (f"Model registry {pub['registry']}: {pub['name']}: no new version; every chosen variant is already "
+                "promoted (byte-identical, sha256 of every file).")
     return (f"Model registry {pub['registry']}: {pub['name']} v{pub['version']} (gate tolerances: accuracy "
             f"{pub['tolerances']['accuracy_pp']:g} pp, latency {pub['tolerances']['latency_relative']:.0%}).")
 

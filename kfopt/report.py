@@ -48,6 +48,16 @@ def not_measured(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def baseline_warning(report: dict[str, Any]) -> list[str]:
+    """The implausible-baseline warning (kfopt.models.brought) as a headline and its likely causes; [] if none."""
+    w = report.get("baseline_warning")
+    if not w:
+        return []
+    return [f"WARNING: the brought model's test accuracy {w['accuracy']:.4f} is below 1.5 × chance "
+            f"({w['threshold']:.4f}), and every variant below is judged against it. Likely causes:"] + \
+        [f"  - {cause}" for cause in w["causes"]]
+
+
 def _f(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
@@ -80,15 +90,18 @@ def text_table(report: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {line}" for line in not_measured(report)]
     choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
-    return "\n".join(lines + (["", "Not measured / rejected:"] + notes if notes else []) +
+    warning = baseline_warning(report)
+    return "\n".join((warning + [""] if warning else []) + lines + (["", "Not measured / rejected:"] + notes if notes else []) +
                      ["", "Choice per target:"] + choice)
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# kfopt report — {report['name']}", "",
              f"Baseline accuracy {report['baseline']['accuracy']:.4f}; budget {report['budget']['accuracy_budget_pp']} pp, "
-             f"min agreement {report['budget']['min_agreement']}.", "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+             f"min agreement {report['budget']['min_agreement']}.", ""]
+    warning = baseline_warning(report)
+    lines += [f"> **{line}**" if i == 0 else f"> {line.strip()}" for i, line in enumerate(warning)]
+    lines += ([""] if warning else []) + ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += ["", "## Choice per target", ""]
     for target, c in report["choices"].items():
@@ -221,6 +234,10 @@ def html_page(report: dict[str, Any], md: str) -> str:
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
     details = "".join(f"<li>{esc(line)}</li>" for line in technique_details(report))
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
+    warning = baseline_warning(report)
+    alarm = (f'<div class="warning" style="border:2px solid #b00;background:#fee;padding:.4em 1em"><p><b>'
+             f'{esc(warning[0])}</b></p><ul>{"".join(f"<li>{esc(c.strip()[2:])}</li>" for c in warning[1:])}'
+             "</ul></div>") if warning else ""
     publishing = ""
     if report.get("publish"):
         from kfopt import publish
@@ -234,7 +251,7 @@ td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}}td
 img{{max-width:100%}}code{{font-size:11px}}</style></head><body>
 <h1>kfopt report — {esc(report['name'])}</h1><p>{esc(report['created'])}. Baseline accuracy {report['baseline']['accuracy']:.4f};
 accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement {report['budget']['min_agreement']}.</p>
-<h2>Choice per target</h2><ul>{choices}</ul>{publishing}
+{alarm}<h2>Choice per target</h2><ul>{choices}</ul>{publishing}
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
@@ -283,8 +300,12 @@ def confusion(report: dict[str, Any], bench_dirs: list[Path], dataset_dir: Path 
 
 def build(bench_dirs: list[Path], name: str, targets: list[str], objectives: dict[str, str] | None = None,
           dataset_dir: Path | None = None) -> dict[str, Any]:
+    from kfopt import publish
+
     report = merge(bench_dirs)
-    report["name"] = name or "model"
+    base = next((r for r in report["rows"] if r["name"] == (report["baseline"] or {}).get("name")), {})
+    report["name"] = publish.resolve_name(name, base.get("params") or {})
+    report["baseline_warning"] = (base.get("extra") or {}).get("implausible_baseline")
     report["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     report["choices"] = select.choose(report["rows"], targets, objectives)
     report["pareto"] = select.pareto_front(report["rows"])

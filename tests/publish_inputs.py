@@ -3,13 +3,16 @@
 `run_outputs` trains nothing itself: it takes conftest's `digits_small` (dataset + baseline), exports
 TFLite/ONNX, benchmarks them with tiny settings and builds the report, once per session (both
 publish test modules import it; the module-level cache keeps it to one build). Later runs are
-simulated by editing a copy of report.json; the variant folders stay the real ones.
+simulated by editing a copy of report.json and, since a rerun with byte-identical variants is
+"already promoted" (no new version), by `retrained_roots`: copies of the real variant folders, each
+with one extra file, so their files' sha256 differ as a retrained model's would.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +20,7 @@ from typing import Any, Callable
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from kfopt import publish, registry, storage
+from kfopt import publish, registry, storage, variant
 from kfopt.registry import Registry
 
 NAME = "digits"
@@ -56,6 +59,21 @@ def edited_report(run: dict[str, Any], out: Path, edit: Callable[[dict[str, Any]
     return out
 
 
+def retrained_roots(run: dict[str, Any], out: Path, tag: str, only: set[str] | None = None) -> list[Path]:
+    """Copies of the run's variant roots whose variants (all, or those named in `only`) differ in their files."""
+    roots = []
+    for i, root in enumerate(run["roots"]):
+        copy_root = Path(out) / f"root{i}"
+        shutil.copytree(root, copy_root)
+        for folder in variant.discover(copy_root):
+            meta = variant.read(folder)
+            if only is None or meta.name in only:
+                (folder / "retrained.txt").write_text(f"{tag}\n")
+                variant.write(folder, meta)
+        roots.append(copy_root)
+    return roots
+
+
 def chosen_rows(report: dict[str, Any], target: str = "cpu") -> list[dict[str, Any]]:
     """Every row of the variant chosen for `target` (edits must hit the row the gate reads)."""
     return [r for r in report["rows"] if r["name"] == report["choices"][target]["chosen"]]
@@ -65,12 +83,13 @@ def concurrent_publish(run_outputs, tmp_path, reg: str, n: int) -> dict[str, dic
     """Publish n distinguishable runs at once (threads released together); run_id → result."""
     reports = [edited_report(run_outputs, tmp_path / f"rep{i}", lambda rep, i=i: rep.update(created=f"run-{i}"))
                for i in range(n)]
+    roots = [retrained_roots(run_outputs, tmp_path / f"roots{i}", f"run-{i}") for i in range(n)]
     barrier, results, errors = threading.Barrier(n), {}, []
 
     def one(i):
         barrier.wait()
         try:
-            res = publish.run(reports[i], run_outputs["roots"], reg, NAME, tmp_path / f"out{i}", run_id=f"run-{i}")
+            res = publish.run(reports[i], roots[i], reg, NAME, tmp_path / f"out{i}", run_id=f"run-{i}")
             results[res["run_id"]] = res
         except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)

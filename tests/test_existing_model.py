@@ -115,7 +115,7 @@ def test_model_that_normalizes_its_own_input_needs_raw_data(digits_small, tmp_pa
     k = _keras()
     path = _save_sequential(tmp_path / "m.keras", k.layers.Rescaling(1 / 16), k.layers.Flatten(),
                             k.layers.Dense(10, activation="softmax"))
-    with pytest.raises(ModelError, match="Rescaling.*normalize=false"):
+    with pytest.raises(ModelError, match="Rescaling.*normalize=none"):
         existing.run(digits_small["dataset"], tmp_path / "b", model_uri=str(path))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from publish_inputs import (NAME, check_no_interleaving, chosen_rows, concurrent_publish, edited_report,
-                            parse_triton_config, run_outputs)  # noqa: F401 (run_outputs: fixture)
+                            parse_triton_config, retrained_roots, run_outputs)  # noqa: F401 (run_outputs: fixture)
 
 from kfopt import cli, config, local_run, registry, report, select, triton, variant
 from kfopt import publish as publish_mod
@@ -31,6 +31,12 @@ TYPE_FP32, KIND_CPU, KIND_GPU = 11, 2, 1
 def publish(run, reg, out, report_dir=None, roots=None, **kwargs):
     return publish_mod.run(report_dir or run["report_dir"], roots or run["roots"], str(reg), NAME, out,
                            dataset_dir=run["dataset"], **kwargs)
+
+
+def republish(run, reg, out, report_dir=None, only=None, **kwargs):
+    """A later run: its variants' files differ from the first run's (retrained), its report as given."""
+    roots = retrained_roots(run, Path(out).with_name(f"{Path(out).name}-variants"), Path(out).name, only)
+    return publish(run, reg, out, report_dir, roots, **kwargs)
 
 
 def models(reg: Path) -> Path:
@@ -91,11 +97,51 @@ def test_first_publish_writes_the_registry_layout(run_outputs, tmp_path):
 def test_next_run_gets_the_next_version_and_an_equal_model_is_promoted(run_outputs, tmp_path):
     reg = tmp_path / "r"
     assert publish(run_outputs, reg, tmp_path / "o1")["version"] == 1
-    second = publish(run_outputs, reg, tmp_path / "o2")
+    second = republish(run_outputs, reg, tmp_path / "o2")
     cpu = second["targets"]["cpu"]
     assert second["version"] == 2 and cpu["decision"] == "promoted" and cpu["previous"]["version"] == 1
     assert cpu["latency_compared"] is True and any("same environment" in r for r in cpu["reasons"])
     assert promoted_version(reg) == 2 and Registry(str(reg)).versions(NAME) == [1, 2]
+
+
+def test_a_rerun_with_byte_identical_variants_creates_no_version(run_outputs, tmp_path):
+    reg = tmp_path / "r"
+    first = publish(run_outputs, reg, tmp_path / "o1")
+    again = publish(run_outputs, reg, tmp_path / "o2")  # same variant files: a cached rerun
+    r = Registry(str(reg))
+    assert again["version"] is None and again["unchanged"] is True and r.versions(NAME, complete=False) == [1]
+    promoted = [t for t, b in first["targets"].items() if b["decision"] == "promoted"]
+    assert promoted
+    for target in promoted:
+        b = again["targets"][target]
+        assert (b["decision"], b["blessed"], b["serving_version"]) == ("unchanged", True, 1)
+        assert b["reasons"][0].startswith(f"already promoted as v1: {b['variant']} is byte-identical")
+        assert r.promoted(target, NAME).number == 1
+    assert not (models(reg) / "deployment_models" / "cpu" / NAME / "v2").exists()
+    assert json.loads((tmp_path / "o2" / "publish.json").read_text()) == again
+    text = publish_mod.text(again)
+    assert "no new version" in text and f"cpu: {again['targets']['cpu']['variant']} already promoted as v1" in text
+
+
+def test_only_targets_whose_chosen_variant_changed_get_a_new_promotion(run_outputs, tmp_path):
+    reg = tmp_path / "r"
+    first = publish(run_outputs, reg, tmp_path / "o1")
+    edge = first["targets"]["edge"]
+    assert edge["decision"] == "promoted"
+
+    def cpu_prefers_onnx(rep):
+        onnx = [r for r in rep["rows"] if r["format"] == "onnx"]
+        rep["choices"]["cpu"] = select.choose(onnx, ["cpu"], {"cpu": "latency:1"})["cpu"]
+
+    later = edited_report(run_outputs, tmp_path / "rep", cpu_prefers_onnx)
+    second = publish(run_outputs, reg, tmp_path / "o2", later, latency_tolerance=100.0)
+    assert second["version"] == 2 and Registry(str(reg)).versions(NAME) == [1, 2]
+    cpu = second["targets"]["cpu"]
+    assert (cpu["decision"], cpu["variant"]) == ("promoted", "onnx_fp32") and promoted_version(reg) == 2
+    again = second["targets"]["edge"]
+    assert (again["decision"], again["variant"]) == ("unchanged", edge["variant"])
+    assert again["reasons"][0].startswith("already promoted as v1") and promoted_version(reg, "edge") == 1
+    assert not (models(reg) / "deployment_models" / "edge" / NAME / "v2").exists()
 
 
 # --- the regression gate -------------------------------------------------------------------------
@@ -110,7 +156,7 @@ def test_gate_on_accuracy_keeps_the_old_model_beyond_the_tolerance(run_outputs, 
         for row in chosen_rows(rep):
             row["accuracy"] -= drop_pp / 100
 
-    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate))
+    result = republish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate))
     cpu = result["targets"]["cpu"]
     assert cpu["blessed"] is promoted and promoted_version(reg) == (2 if promoted else 1)
     assert (models(reg) / "deployment_models" / "cpu" / NAME / "v2").exists() is promoted
@@ -128,7 +174,7 @@ def test_gate_on_latency_compares_the_same_environment(run_outputs, tmp_path, fa
         for row in chosen_rows(rep):
             row["latency"]["1"]["p50_ms"] *= factor
 
-    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", slower),
+    result = republish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", slower),
                      latency_tolerance=0.10)
     cpu = result["targets"]["cpu"]
     assert cpu["blessed"] is promoted and cpu["latency_compared"] is True
@@ -147,7 +193,7 @@ def test_edge_is_gated_on_its_size_objective(run_outputs, tmp_path, growth, prom
             row["size_gzip_bytes"] = int(row["size_gzip_bytes"] * growth)
             row["latency"]["1"]["p50_ms"] *= 3  # latency is not the edge objective: must not decide
 
-    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", bigger_and_slower),
+    result = republish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", bigger_and_slower),
                      latency_tolerance=0.10)
     edge = result["targets"]["edge"]
     assert edge["blessed"] is promoted
@@ -165,7 +211,7 @@ def test_gate_does_not_compare_latency_across_environments(run_outputs, tmp_path
             row["latency"]["1"]["p50_ms"] *= 3
 
     later = edited_report(run_outputs, tmp_path / "rep", elsewhere_and_slower)
-    result = publish(run_outputs, reg, tmp_path / "o2", later)
+    result = republish(run_outputs, reg, tmp_path / "o2", later)
     cpu = result["targets"]["cpu"]
     assert cpu["decision"] == "promoted" and cpu["latency_compared"] is False
     card = json.loads((models(reg) / "deployment_models" / "cpu" / NAME / "v2" / "model_card.json").read_text())
@@ -183,7 +229,7 @@ def test_no_passing_variant_keeps_the_old_model_and_says_so(run_outputs, tmp_pat
                 row["verification"].update(passed=False, reason="agreement 0.50 < 0.97")
         rep["choices"] = select.choose(rep["rows"], list(rep["choices"]))
 
-    result = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", nothing_verified))
+    result = republish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", nothing_verified))
     cpu = result["targets"]["cpu"]
     assert (cpu["decision"], cpu["blessed"], cpu["serving_version"]) == ("none", False, 1)
     assert "no variant passed" in cpu["reasons"][0] and "agreement 0.50 < 0.97" in cpu["reasons"][0]
@@ -206,7 +252,7 @@ def test_corrupted_promoted_card_refuses_promotion(run_outputs, tmp_path, capsys
         card["metrics"]["accuracy"] = 0.1
         card_path.write_text(json.dumps(card))
 
-    result = publish(run_outputs, reg, tmp_path / "o2")
+    result = republish(run_outputs, reg, tmp_path / "o2")
     cpu, edge = result["targets"]["cpu"], result["targets"]["edge"]
     assert (cpu["decision"], cpu["blessed"]) == ("kept", False) and promoted_version(reg) == 1
     assert expected in cpu["reasons"][0] and "restore it" in cpu["reasons"][0]
@@ -349,7 +395,7 @@ def test_models_list_and_show(run_outputs, tmp_path, capsys):
         for row in chosen_rows(rep):
             row["accuracy"] -= 0.05
 
-    publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate))
+    republish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate))
     chosen = run_outputs["report"]["choices"]["cpu"]["chosen"]
     capsys.readouterr()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from publish_inputs import (NAME, check_no_interleaving, chosen_rows, concurrent_publish, edited_report,
-                            parse_triton_config, run_outputs)  # noqa: F401 (run_outputs: fixture)
+                            parse_triton_config, retrained_roots, run_outputs)  # noqa: F401 (run_outputs: fixture)
 
 from kfopt import cli, registry, storage, variant
 from kfopt import publish as publish_mod
@@ -25,8 +25,9 @@ from kfopt.errors import StorageError
 from kfopt.registry import Registry
 
 
-def publish(run, reg: str, out: Path, report_dir=None):
-    return publish_mod.run(report_dir or run["report_dir"], run["roots"], reg, NAME, out, dataset_dir=run["dataset"])
+def publish(run, reg: str, out: Path, report_dir=None, roots=None):
+    return publish_mod.run(report_dir or run["report_dir"], roots or run["roots"], reg, NAME, out,
+                           dataset_dir=run["dataset"])
 
 
 def test_publish_to_gcs_writes_complete_folders_and_gates(gcs, run_outputs, tmp_path):
@@ -50,10 +51,23 @@ def test_publish_to_gcs_writes_complete_folders_and_gates(gcs, run_outputs, tmp_
         for row in chosen_rows(report):
             row["accuracy"] -= 0.02
 
-    second = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate))
+    second = publish(run_outputs, reg, tmp_path / "o2", edited_report(run_outputs, tmp_path / "rep", less_accurate),
+                     retrained_roots(run_outputs, tmp_path / "retrained", "run-2"))
     assert second["version"] == 2 and second["targets"]["cpu"]["decision"] == "kept"
     assert r.promoted("cpu", NAME).version == 1 and not storage.exists(r.deployment("cpu", NAME, 2))
     assert r.versions(NAME) == [1, 2]
+
+
+def test_a_byte_identical_rerun_on_gcs_is_already_promoted(gcs, run_outputs, tmp_path):
+    reg = gcs.uri("registry")
+    publish(run_outputs, reg, tmp_path / "o1")
+    again = publish(run_outputs, reg, tmp_path / "o2")
+    r = Registry(reg)
+    assert again["version"] is None and again["unchanged"] is True
+    assert r.versions(NAME, complete=False) == [1] and not storage.exists(r.version_dir(NAME, 2))
+    cpu = again["targets"]["cpu"]
+    assert cpu["decision"] == "unchanged" and cpu["reasons"][0].startswith("already promoted as v1")
+    assert r.promoted("cpu", NAME).number == 1 and "already promoted as v1" in publish_mod.text(again)
 
 
 def test_only_one_of_many_simultaneous_claims_wins_on_the_server(gcs):

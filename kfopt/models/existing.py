@@ -4,7 +4,9 @@ Accepted: a Keras SavedModel folder (with keras_metadata.pb) or a `.keras` file,
 gs://. Loading never runs code from the file: `.keras` loads with safe_mode=True, a SavedModel loads
 inside Keras' safe-mode scope (which refuses Python lambdas stored as bytecode), and other formats
 (.h5, pickles) are refused. The model's input spec (shape, dtype, preprocessing layers) and output
-width are checked against the Dataset artifact, with one clear error per mismatch.
+width are checked against the Dataset artifact, with one clear error per mismatch. The model sees the
+data as given (normalize=auto resolves to none for it) and an implausible baseline accuracy is said
+out loud: the contract of kfopt.models.brought, which later torch/ONNX loaders follow too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from kfopt import storage, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
+from kfopt.models import brought
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization", "Resizing", "CenterCrop")
 
@@ -70,17 +73,15 @@ def check_against(model, schema: ds_mod.Schema) -> dict[str, Any]:
                          "take a float input.")
     preprocessing = [type(layer).__name__ for layer in _layers(model)[:3]
                      if type(layer).__name__ in PREPROCESSING_LAYERS]
-    method = schema.normalization.get("method", "none")
-    if preprocessing and method != "none":
-        raise ModelError(f"The model preprocesses its own input ({', '.join(preprocessing)}) but the dataset was "
-                         f"also normalized ({method}); rerun with normalize=false so the model sees raw features.")
+    brought.check_preprocessing(preprocessing, schema)
     units = int(model.outputs[0].shape[-1])
     expected = 1 if schema.task == "binary" else schema.num_classes
     if units != expected:
         what = "1 sigmoid unit for a binary task" if schema.task == "binary" else f"{expected} units, one per class"
         raise ModelError(f"The model has {units} output units but the data has {schema.num_classes} classes "
                          f"(expected {what}); give a model trained for these classes.")
-    return {"shape": [None, *want], "dtype": dtype, "preprocessing": preprocessing, "data_normalization": method}
+    return {"shape": [None, *want], "dtype": dtype, "preprocessing": preprocessing,
+            "data_normalization": schema.normalization.get("method", "none")}
 
 
 def _output_activation(model) -> str:
@@ -126,15 +127,18 @@ def run(dataset_dir: Path, out_dir: Path, *, model_uri: str) -> dict[str, Any]:
     x, y = ds.split("test")
     probs = probabilities(model, x)
     test_acc = verify.quality(probs, y, ds.schema.task)["accuracy"]
+    implausible = brought.implausible(test_acc, ds.schema)
+    if implausible:
+        brought.warn("train", implausible["message"])
     in_spec, out_spec = input_output_specs(ds.schema)
     meta = variant.VariantMeta(
         name="baseline", format="savedmodel", precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework="tensorflow", technique="provided",
+        task=ds.schema.task, framework="keras", runtime="tensorflow", technique="provided",
         params={"model_uri": model_uri, "architecture": model.name},
         extra={"parameters": int(model.count_params()), "test_accuracy": test_acc, "input_check": spec,
-               "appended_output_activation": appended})
+               "appended_output_activation": appended, "implausible_baseline": implausible})
     with variant.staged_dir(Path(out_dir)) as tmp_out:
         savedmodel.save(model, tmp_out)
         variant.write(tmp_out, meta)
     return {"test_accuracy": test_acc, "parameters": int(model.count_params()), "epochs": 0,
-            "provided": 1, "history": {}}
+            "provided": 1, "implausible_baseline": implausible is not None, "history": {}}
