@@ -172,6 +172,14 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kfopt import doctor
+
+    checks = doctor.run(bucket=args.bucket, host=args.host, timeout_s=args.timeout)
+    print(doctor.render(checks))
+    return doctor.exit_code(checks)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kfopt", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"kfopt {__version__}")
@@ -203,6 +211,12 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run", nargs="?", default="latest", help="run folder, its name under runs/, or latest")
     rp.add_argument("--runs-dir", default="runs")
     rp.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("doctor", help="check this environment: what will run where, what is missing and its fix")
+    d.add_argument("--bucket", help="also check list/write/delete access to this gs:// bucket (or BUCKET/PATH)")
+    d.add_argument("--host", help="also check that this KFP API answers, e.g. http://localhost:8080")
+    d.add_argument("--timeout", type=float, default=3.0, help="seconds per network check (default: 3)")
+    d.set_defaults(func=cmd_doctor)
 
     from kfopt import cli_cluster, cli_models
 
