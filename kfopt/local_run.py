@@ -36,7 +36,7 @@ class _Console:
     how it ended, and kfopt's own one-line messages. `kfopt run --verbose` shows everything.
     """
 
-    SHOW = re.compile(r"Executing task|Task '.*' finished with status|Pipeline '.*' finished|^kfopt |"
+    SHOW = re.compile(r"Executing task|Task '.*' finished with status|Pipeline '.*' finished|^\s*kfopt |"
                       r"^\s+\S+\s+(acc |skipped: |FAILED: )")
     ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -9,6 +9,7 @@ model_uri gives it the data exactly as given, and only an explicit `standardize`
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -147,7 +148,12 @@ def test_implausible_baseline_is_said_in_the_run_output_kfopt_json_and_report(ra
     capsys.readouterr()
     metrics = train.run(tmp_path / "ds", tmp_path / "baseline", model_uri=raw_mlp["model_uri"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("kfopt train: warning:")]
-    assert len(lines) == 1 and local_run._Console.SHOW.search(lines[0])  # shown on the `kfopt run` terminal
+    assert len(lines) == 1
+    terminal = io.StringIO()  # what `kfopt run` shows: kfp.local prints a task's output indented by 4 spaces
+    console = local_run._Console(tmp_path / "pipeline.log", terminal, verbose=False)
+    console.write(f"    some TensorFlow log line\n    {lines[0]}\n")
+    console.close()
+    assert terminal.getvalue().splitlines() == [f"    {lines[0]}"]
     assert "below 1.5 × chance (0.1500 for 10 classes)" in lines[0]
     assert all(cause in lines[0] for cause in ("preprocessing differs", "label order", "wrong data"))
     assert metrics["implausible_baseline"] is True and metrics["test_accuracy"] < 0.15
