@@ -130,7 +130,7 @@ def test_cli_normalize_option(tmp_path, capsys):
 def test_compiled_pipeline_resolves_normalize_in_the_preprocess_task(tmp_path):
     out = tmp_path / "p.yaml"
     assert cli.main(["compile", "-o", str(out), "--model", "gs://bucket/models/net.keras"]) == 0
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))  # the pipeline spec; the platform spec follows
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert (params["normalize"]["parameterType"], params["normalize"]["defaultValue"]) == ("STRING", "auto")
     assert params["model_name"].get("defaultValue", "") == ""  # derived in the stages from the model file

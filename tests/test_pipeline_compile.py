@@ -14,7 +14,7 @@ KFP_TYPES = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", str
 def _compile(tmp_path, *args):
     out = tmp_path / "p.yaml"
     assert main(["compile", "-o", str(out), *args]) == 0
-    return yaml.safe_load(out.read_text())
+    return next(yaml.safe_load_all(out.read_text()))  # the pipeline spec; a platform spec may follow
 
 
 def test_signature_matches_config_params():

@@ -100,7 +100,8 @@ def test_gke_gpu_and_tpu_tasks_get_accelerator_selectors_tolerations_and_retry(t
     assert tpu["kubernetes"]["tolerations"][0]["key"] == "google.com/tpu"
     train = placed["train"]
     assert "accelerator" not in train["resources"]
-    assert train["kubernetes"] is None and train["retryPolicy"] is None
+    assert set(train["kubernetes"]) == {"securityContext", "emptyDirMounts"}, "no selector or toleration"
+    assert train["retryPolicy"] is None
     assert train["resources"]["resourceMemoryLimit"] == "16Gi"
 
 
@@ -108,6 +109,31 @@ def test_cpu_only_compiles_without_any_accelerator_or_selector(tmp_path):
     text, docs = compile_tiny(deployment.load("cpu-only"), tmp_path)
     assert "accelerator" not in text
     assert "nodeSelector" not in text and "tolerations" not in text
-    assert len(docs) == 1, "a CPU-only pipeline needs no Kubernetes platform spec"
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {key for spec in k8s.values() for key in spec} == {"securityContext", "emptyDirMounts"}
     images = {p["image"] for p in placement_of(docs).values()}
     assert images == {"us-docker.pkg.dev/my-project/kfopt/kfopt-cpu:0.1.0"}
+
+
+@pytest.mark.parametrize("name, keep_root, artifact_dir", [("gke", True, "/gcs"), ("cpu-only", False, "/minio")])
+def test_every_task_runs_as_the_images_non_root_user_with_writable_tmp(tmp_path, name, keep_root, artifact_dir):
+    """runAsNonRoot + the images' uid on every task; /tmp and the launcher's artifact folder as
+    emptyDirs, because a non-root process cannot create /gcs (or /minio, KFP's default root) on the
+    image's root filesystem."""
+    raw = yaml.safe_load((deployment.deployment_dir() / f"{name}.yaml").read_text())
+    if not keep_root:
+        raw.pop("pipeline_root")
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    dep = deployment.load(str(tmp_path / f"{name}.yaml"))
+    _, docs = compile_tiny(dep, tmp_path)
+    for stage, placed in placement_of(docs).items():
+        k8s = placed["kubernetes"]
+        assert k8s["securityContext"] == {"runAsUser": str(placement.RUN_AS_UID),
+                                          "runAsGroup": str(placement.RUN_AS_UID), "runAsNonRoot": True}, stage
+        assert {m["mountPath"] for m in k8s["emptyDirMounts"]} == {"/tmp", artifact_dir}, stage
+
+
+def test_the_task_uid_is_the_uid_every_image_runs_as(repo):
+    for dockerfile in sorted((repo / "images").glob("*/Dockerfile")):
+        users = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+        assert users[-1] == f"{placement.RUN_AS_UID}:{placement.RUN_AS_UID}", dockerfile

@@ -148,7 +148,7 @@ def test_a_new_format_is_one_row(monkeypatch, tmp_path):
     dep = deployment.load("cpu-only")
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(build(dep), str(out))
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))  # the pipeline spec; the platform spec follows
     tasks = {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values()}
     assert "onnx_sim" in tasks
     for consumer in ("benchmark_cpu", "benchmark_gpu", "benchmark_tpu", "publish"):
