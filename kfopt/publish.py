@@ -342,8 +342,8 @@ class _Run:
             meta = variant.read(vdir)
             if prev_card is not None and _same_files(meta, prev_card):
                 return {**blessing, "blessed": True, "decision": "unchanged", "uri": previous.folder,
-                        "reasons": [f"already promoted as v{previous.version}: {meta.name} is byte-identical to "
-                                    "it (sha256 of every file)", serving]}
+                        "reasons": [f"already promoted as v{previous.version} (byte-identical: the sha256 of "
+                                    "every file matches)", serving]}
             refusal = _mismatch(self.model, prev_card) if prev_card is not None else None
             if refusal:
                 return {**blessing, "decision": "refused", "reasons": [f"not compared: {refusal}", serving]}

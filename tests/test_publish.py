@@ -115,7 +115,7 @@ def test_a_rerun_with_byte_identical_variants_creates_no_version(run_outputs, tm
     for target in promoted:
         b = again["targets"][target]
         assert (b["decision"], b["blessed"], b["serving_version"]) == ("unchanged", True, 1)
-        assert b["reasons"][0].startswith(f"already promoted as v1: {b['variant']} is byte-identical")
+        assert b["reasons"][0] == "already promoted as v1 (byte-identical: the sha256 of every file matches)"
         assert r.promoted(target, NAME).number == 1
     assert not (models(reg) / "deployment_models" / "cpu" / NAME / "v2").exists()
     assert json.loads((tmp_path / "o2" / "publish.json").read_text()) == again
