@@ -122,7 +122,8 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
     """Benchmark every variant found under `variant_roots` whose format runs on `hardware`.
 
     Variants needing other hardware are left for the benchmark task on that pool; variants that were
-    skipped upstream keep their reason. Writes results.json (+ predictions/) into out_dir.
+    skipped upstream keep their reason; a stage that failed upstream is one `failed` row (in the cpu
+    benchmark, which every deployment runs) with its error. Writes results.json (+ predictions/) into out_dir.
     """
     from kfopt import formats
 
@@ -156,11 +157,15 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
                     continue
                 seen.add(meta.name)
                 fmt = formats.FORMATS.get(meta.format)
-                if fmt is not None and hardware not in fmt.hardware:
-                    continue  # measured by the benchmark task on its own node pool
+                if fmt is not None and hardware not in fmt.hardware or meta.failed and hardware != "cpu":
+                    continue  # measured by the benchmark task on its own node pool; failures listed once, by cpu's
                 row = {"name": meta.name, "format": meta.format, "precision": meta.precision, "target": meta.target,
                        "technique": meta.technique, "parent": meta.parent, "params": meta.params,
                        "extra": meta.extra, "hardware": hardware, "threads": threads}
+                if meta.failed:  # the stage broke on this model (kfopt.stage.optional_stage): nothing to measure
+                    results.append({**row, "status": "failed", "reason": meta.reason})
+                    log(f"  {meta.name:<24} FAILED: {meta.reason}")
+                    continue
                 if meta.skipped or missing:
                     results.append({**row, "status": "skipped", "reason": meta.reason or missing})
                     log(f"  {meta.name:<24} skipped: {meta.reason or missing}")

@@ -37,10 +37,18 @@ def merge(bench_dirs: list[Path]) -> dict[str, Any]:
     return {"rows": rows, "environments": environments, "budget": budget, "baseline": baseline, "settings": settings}
 
 
+def failures(report: dict[str, Any]) -> list[str]:
+    """One line per failed row: a stage that broke on this model (the run went on without it) or a
+    variant whose benchmark run crashed, with the error."""
+    return [f"{r['name']}: {r.get('reason')}" for r in report["rows"] if r.get("status") == "failed"]
+
+
 def not_measured(report: dict[str, Any]) -> list[str]:
-    """One line per row that was skipped, failed, or measured but rejected, with the reason."""
+    """One line per row that was skipped, or measured but rejected, with the reason (failures: `failures`)."""
     lines = []
     for r in report["rows"]:
+        if r.get("status") == "failed":
+            continue
         if r.get("status") != "ok":
             lines.append(f"{r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
         elif not r["verification"]["passed"]:
@@ -69,6 +77,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         thr = max((int(b) for b in r.get("latency", {})), default=None)
         ver = r.get("verification", {})
         status = ("pass" if ver.get("passed") else "REJECTED") if r.get("status") == "ok" else r.get("status", "?")
+        status = "FAILED" if status == "failed" else status
         acc = _f(r.get("accuracy"), ".4f") + (f" (AUC {r['auc']:.3f})" if r.get("auc") is not None else "")
         out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), acc,
                     _f(ver.get("accuracy_delta_pp"), "+.2f"), status, _f(lat1.get("p50_ms"), ".3f"),
@@ -89,9 +98,12 @@ def text_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {line}" for line in not_measured(report)]
+    failed = [f"  {line}" for line in failures(report)]
     choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
     warning = baseline_warning(report)
-    return "\n".join((warning + [""] if warning else []) + lines + (["", "Not measured / rejected:"] + notes if notes else []) +
+    return "\n".join((warning + [""] if warning else []) + lines +
+                     (["", "Failed (the run went on without them):"] + failed if failed else []) +
+                     (["", "Not measured / rejected:"] + notes if notes else []) +
                      ["", "Choice per target:"] + choice)
 
 
@@ -103,6 +115,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"> **{line}**" if i == 0 else f"> {line.strip()}" for i, line in enumerate(warning)]
     lines += ([""] if warning else []) + ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    if failures(report):
+        lines += ["", "## Failed (the run went on without them)", ""] + [f"- {line}" for line in failures(report)]
     lines += ["", "## Choice per target", ""]
     for target, c in report["choices"].items():
         lines.append(f"- **{target}**: {c['chosen'] or 'none'} — {c['reason']}"
@@ -233,6 +247,8 @@ def html_page(report: dict[str, Any], md: str) -> str:
                          if c.get("runner_up") else "") + "</li>" for t, c in report["choices"].items())
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>' for k, v in plots(report).items())
     details = "".join(f"<li>{esc(line)}</li>" for line in technique_details(report))
+    failed = "".join(f"<li>{esc(line)}</li>" for line in failures(report))
+    failed = f"<h2>Failed (the run went on without them)</h2><ul>{failed}</ul>" if failed else ""
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
     warning = baseline_warning(report)
     alarm = (f'<div class="warning" style="border:2px solid #b00;background:#fee;padding:.4em 1em"><p><b>'
@@ -252,7 +268,7 @@ img{{max-width:100%}}code{{font-size:11px}}</style></head><body>
 <h1>kfopt report — {esc(report['name'])}</h1><p>{esc(report['created'])}. Baseline accuracy {report['baseline']['accuracy']:.4f};
 accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement {report['budget']['min_agreement']}.</p>
 {alarm}<h2>Choice per target</h2><ul>{choices}</ul>{publishing}
-<h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
+<h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>{failed}
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
 <h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>

@@ -2,8 +2,9 @@
 
 A variant is eligible for a target when its format can serve that target, it was measured on the
 target's hardware (edge is measured on the benchmark node's CPU, as a proxy), and it passed
-verification. Among eligible variants the objective picks the winner; the runner-up and why it
-lost are kept, and so is the reason when a target has no eligible variant.
+verification; skipped and failed rows never are. Among eligible variants the objective picks the
+winner; the runner-up and why it lost are kept, and so is the reason when a target has no eligible
+variant.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def choose(rows: list[dict[str, Any]], targets: list[str], objectives: dict[str,
             raise ConfigError(f"Unknown deployment target {target!r}; known: {', '.join(TARGET_HARDWARE)}.")
         objective = objectives[target]
         parse_objective(objective)
-        serving = [r for r in rows if target in FORMATS[r["format"]].targets
+        # a stage that failed is one row of format "n/a" (kfopt.stage.optional_stage): it serves nothing
+        serving = [r for r in rows if r["format"] in FORMATS and target in FORMATS[r["format"]].targets
                    and r.get("hardware") == TARGET_HARDWARE[target]]
         scored = sorted(((s, r) for r in serving if passed(r) and not batch_failure(r, objective)
                          and (s := _score(r, objective)) is not None),

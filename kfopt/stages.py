@@ -87,7 +87,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=_DATA, outputs={"baseline": "Model", "metrics": "Metrics", "curves": "HTML"}),
     Stage("export", "kfopt.export:run", "the baseline as float32 TFLite and ONNX variants.",
           knobs={"tflite": "export.tflite", "onnx": "export.onnx", "opset": "export.opset"},
-          inputs=_BASELINE, variants="exports"),
+          inputs=_BASELINE, variants="exports", fails_alone=True),
     Stage("quantize", "kfopt.optimize.quantize:run",
           "TFLite dynamic/float16/int8, ORT static int8 QDQ (+ TensorRT form), QAT int8.",
           knobs={"enabled": "quantize.enabled", "calibration_samples": "quantize.calibration_samples",
@@ -202,7 +202,7 @@ def execute(name: str, arguments: dict[str, Any], copy: str = "") -> dict[str, A
     Returns the stage's metrics.
     """
     from kfopt import stage_outputs
-    from kfopt.stage import guard
+    from kfopt.stage import guard, optional_stage
 
     stage = get(name)
     task = f"{name}_{copy}" if copy else name
@@ -224,7 +224,8 @@ def execute(name: str, arguments: dict[str, Any], copy: str = "") -> dict[str, A
     main = next(iter(stage.outputs))
     kwargs[OUT] = arguments[main].path
     stage_outputs.before(name, kwargs, arguments)
-    with guard(task):
+    wrap = optional_stage(task, kwargs[OUT], arguments.get("metrics")) if stage.fails_alone else guard(task)
+    with wrap:
         result = stage.function()(**kwargs) or {}
         stage_outputs.after(name, main, result, arguments)
         return result

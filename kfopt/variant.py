@@ -5,7 +5,9 @@ what the variant is (format, precision, target), how to feed it (input/output sp
 scale and zero point), where it came from (parent, technique, parameters) and the sha256 of every
 file, which `read()` checks so a corrupted or swapped model file is caught before it is measured.
 A variant that a stage could not make (no GPU, technique switched off) is still written, with
-status "skipped" and the reason, so the report can show it honestly.
+status "skipped" and the reason, so the report can show it honestly; a stage that broke on this
+model leaves one with status "failed" and the error instead (kfopt.stage.optional_stage). Neither
+holds a model.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class VariantMeta:
     technique: str = "train"
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     parent: str | None = None
-    status: str = "ok"  # or "skipped"
+    status: str = "ok"  # or "skipped" (not made here, by design) or "failed" (the stage broke)
     reason: str | None = None
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -59,6 +61,10 @@ class VariantMeta:
     @property
     def skipped(self) -> bool:
         return self.status == "skipped"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,10 +105,21 @@ def write(variant_dir: Path, meta: VariantMeta) -> VariantMeta:
 def write_skipped(variant_dir: Path, name: str, format: str, target: str, reason: str,
                   technique: str, parent: str | None = None, **extra: Any) -> VariantMeta:
     """A variant that could not be made here, with the reason; never a fabricated model."""
+    return _write_note(variant_dir, "skipped", name, format, target, reason, technique, parent, extra)
+
+
+def write_failed(variant_dir: Path, name: str, format: str, target: str, reason: str,
+                 technique: str, parent: str | None = None, **extra: Any) -> VariantMeta:
+    """A variant standing for a stage that broke on this model: the error as the reason, no model."""
+    return _write_note(variant_dir, "failed", name, format, target, reason, technique, parent, extra)
+
+
+def _write_note(variant_dir: Path, status: str, name: str, format: str, target: str, reason: str,
+                technique: str, parent: str | None, extra: dict[str, Any]) -> VariantMeta:
     Path(variant_dir).mkdir(parents=True, exist_ok=True)
     meta = VariantMeta(name=name, format=format, precision=extra.pop("precision", "n/a"), target=target,
                        input=TensorSpec("input", []), output=TensorSpec("output", []),
-                       technique=technique, parent=parent, status="skipped", reason=reason, extra=extra)
+                       technique=technique, parent=parent, status=status, reason=reason, extra=extra)
     return write(variant_dir, meta)
 
 

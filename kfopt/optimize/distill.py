@@ -1,8 +1,11 @@
 """The distill stage: a smaller student learns from the trained baseline (the teacher), then int8.
 
-The student is the teacher's own architecture with every layer's filters/units scaled by
-`student_width` (the output layer keeps its units), rebuilt from the Keras config, so it works for
-models kfopt did not build (e.g. tf_keras.applications) as well as for its own. Loss per batch:
+The student is the teacher's own architecture with its filters/units scaled by `student_width`,
+rebuilt from the Keras config, so it works for models kfopt did not build (e.g. tf_keras.applications)
+as well as for its own. Which counts may shrink comes from the teacher's graph (kfopt.optimize.channels):
+the head, the input and every count tied to them keep their size, tied counts shrink together. A
+subclassed teacher has no graph to derive from: its student variants are skipped with that reason.
+Loss per batch:
 
     alpha * CE(labels, student) + (1 - alpha) * T^2 * CE(teacher_T, student_T)
 
@@ -16,6 +19,7 @@ weights with the best validation accuracy are kept. Variants:
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,7 @@ from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.formats import savedmodel
-from kfopt.models.architectures import scaled
-from kfopt.optimize import checks
+from kfopt.optimize import channels, checks
 from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, probabilities, write_skipped
 from kfopt.optimize.quantize import write_tflite_int8
 
@@ -38,28 +41,58 @@ EPS = 1e-7
 
 
 def student_like(teacher, width: float):
-    """The teacher's architecture with filters/units scaled by `width`, freshly initialised."""
+    """The teacher's architecture with its free channel groups scaled by `width`, freshly initialised.
+
+    kfopt.optimize.channels decides which filters/units may change (residual adds, squeeze-excite,
+    Reshape targets, the head and the input stay consistent). A student that cannot be built from
+    that plan is a ModelError naming the layer: this stage fails alone, the run goes on.
+    """
     from kfopt.tfenv import keras
 
     k = keras()
-    if not isinstance(teacher, k.Sequential) and not getattr(teacher, "_is_graph_network", False):
-        raise ModelError("Distillation needs a Sequential or functional Keras model to derive the student from; "
-                         "this one is a subclassed model. Switch distillation off (distill_enabled=false).")
+    why_not = subclassed(teacher)
+    if why_not:
+        raise ModelError(f"No student: {why_not}. Switch distillation off (distill_enabled=false).")
+    widths = channels.plan(teacher)
+    if not widths.widths:
+        raise ModelError("No channel count of this architecture can shrink: every filters/units count is the "
+                         "input's, the output's, or tied to them; a student would be the teacher again.")
     config = teacher.get_config()
-    outputs = set(teacher.output_names)
     for layer in config["layers"]:
-        cfg = layer["config"]
-        if cfg.get("name") in outputs:
-            continue
-        for key in ("filters", "units"):
-            if isinstance(cfg.get(key), int):
-                cfg[key] = scaled(cfg[key], width)
+        widths.apply(layer["config"], width)
     cls = k.Sequential if isinstance(teacher, k.Sequential) else k.Model
-    student = cls.from_config(config)
+    try:
+        student = cls.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - Keras' own error, said as which student could not be built
+        raise ModelError(f"Cannot derive a width-{width} student from this architecture ({len(widths.widths)} "
+                         f"layers scaled): {_keras_reason(exc)}") from exc
     if student.count_params() >= teacher.count_params():
         raise ModelError(f"The student ({student.count_params():,} parameters at width {width}) is not smaller "
-                         f"than the teacher ({teacher.count_params():,}); use a smaller student_width.")
+                         f"than the teacher ({teacher.count_params():,}): no channel count of this architecture "
+                         "can shrink without breaking a connection.")
     return student
+
+
+def _keras_reason(exc: Exception) -> str:
+    """Keras' build error in one line: the layer and the cause, not the layer's whole config."""
+    text = str(exc).strip()
+    if "Exception encountered:" in text:  # "Error when deserializing class 'Conv2D' using config={...}. Exception…"
+        name = re.search(r"'name': '([^']+)'", text)
+        cause = text.split("Exception encountered:", 1)[1].strip().splitlines()[0]
+        return f"layer {name.group(1) if name else '?'}: {cause[:300]}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines[:2])[:300]}" if lines else type(exc).__name__
+
+
+def subclassed(model) -> str | None:
+    """Why no student can be derived from `model` by design (a subclassed model has no config), or None."""
+    from kfopt.tfenv import keras
+
+    k = keras()
+    if isinstance(model, k.Sequential) or getattr(model, "_is_graph_network", False):
+        return None
+    return ("distillation derives the student from the teacher's layer graph, and this is a subclassed Keras "
+            "model, which has none")
 
 
 def _losses(task: str, temperature: float, alpha: float):
@@ -133,9 +166,13 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         if not enabled:
             write_skipped(tmp, VARIANTS, SWITCHED_OFF, "distill", parent.name)
             return {"variants": 0}
+        teacher = savedmodel.load_keras(baseline_dir)
+        why_not = subclassed(teacher)
+        if why_not:
+            write_skipped(tmp, VARIANTS, why_not, "distill", parent.name)
+            return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
         samples = calibration_set(ds, calibration_samples)
-        teacher = savedmodel.load_keras(baseline_dir)
         start = time.perf_counter()
         student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
                                          epochs=epochs)

@@ -4,7 +4,11 @@ For each sparsity s: prune_low_magnitude with a PolynomialDecay schedule from 0 
 the training split. tfmot updates masks only on steps that are multiples of `frequency` up to
 `end_step`, so end_step is a multiple of frequency and training runs a quarter past it: the final
 mask update lands exactly on s and the remaining steps let the surviving weights recover.
-strip_pruning removes the wrappers before export. Variants per sparsity:
+strip_pruning removes the wrappers before export. Only layers with a kernel tfmot knows how to prune
+(Conv*, Dense, DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer)
+are wrapped; preprocessing, normalization and other layers are left as they are (tfmot's default
+wraps every layer and refuses a model holding one it does not know, e.g. Rescaling). Variants per
+sparsity:
 
     pruned_<NN>              fp32 SavedModel, sparsity per layer and overall in kfopt.json
     pruned_<NN>_tflite_int8  its full-integer int8 TFLite (the size win multiplies after gzip)
@@ -20,6 +24,7 @@ import numpy as np
 
 from kfopt import variant
 from kfopt.data import dataset as ds_mod
+from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.formats import savedmodel
 from kfopt.optimize import checks
@@ -39,6 +44,34 @@ def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH
     return {"total_steps": total, "frequency": ramp // updates, "end_step": ramp // updates * updates}
 
 
+def _kernels_only():
+    """A tfmot PruningPolicy that wraps exactly the layers holding weights tfmot can prune."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    class KernelsOnly(tfmot.sparsity.keras.PruningPolicy):
+        def allow_pruning(self, layer) -> bool:
+            if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+                return True
+            if not PruneRegistry.supports(layer):
+                return False
+            return (PruneRegistry._is_rnn_layer(layer) or PruneRegistry._is_mha_layer(layer)
+                    or bool(PruneRegistry._weight_names(layer)))
+
+        def ensure_model_supports_pruning(self, model) -> None:
+            """Any Sequential/functional model: the layers this policy does not allow stay unwrapped."""
+
+    return KernelsOnly()
+
+
+def _layers(model):
+    """Every layer, nested models' layers included (tfmot wraps inside nested models too)."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
 def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1):
     """Fine-tune with magnitude pruning to `sparsity`; returns (stripped model, schedule, pruned layers)."""
     import tensorflow_model_optimization as tfmot
@@ -51,13 +84,16 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
     steps = schedule_steps(len(xt), epochs)
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
                                                     end_step=steps["end_step"], frequency=steps["frequency"])
-    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    # {layer: indices of its pruned weights}; tfmot wraps every layer but prunes only kernels it knows
-    pruned_layers = {}
-    for layer in wrapped.layers:
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule,
+                                                       pruning_policy=_kernels_only())
+    pruned_layers = {}  # {layer: indices of its pruned weights}
+    for layer in _layers(wrapped):
         pruned = {id(weight) for weight, _, _ in getattr(layer, "pruning_vars", [])}
         if pruned:
             pruned_layers[layer.layer.name] = [i for i, w in enumerate(layer.layer.weights) if id(w) in pruned]
+    if not pruned_layers:
+        raise ModelError("The model has no layer whose weights tfmot can prune (Conv, Dense, DepthwiseConv2D, "
+                         "Embedding, recurrent); switch pruning off (prune_enabled=false).")
     compile_model(wrapped, ds.schema.task, LEARNING_RATE)
     wrapped.fit(xt, yt, epochs=epochs, batch_size=FINE_TUNE_BATCH, shuffle=True, verbose=0,
                 callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
@@ -66,9 +102,10 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
 
 def measured_sparsity(model, pruned_layers: dict[str, list[int]]) -> dict[str, Any]:
     """Zeros per pruned layer (its pruned kernels), overall over pruned kernels, and over all weights."""
+    by_name = {layer.name: layer for layer in _layers(model)}
     layers, zeros, size = {}, 0, 0
     for name, indices in pruned_layers.items():
-        weights = model.get_layer(name).get_weights()
+        weights = by_name[name].get_weights()
         z, n = sum(int((weights[i] == 0).sum()) for i in indices), sum(weights[i].size for i in indices)
         layers[name] = round(z / n, 4)
         zeros, size = zeros + z, size + n
