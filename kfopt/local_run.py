@@ -5,6 +5,10 @@ stage finished, report.{json,md,html} copied to the top of the run folder, with 
 gate decisions added (publish.json beside them). The model registry defaults to runs/registry. Task outputs are cached
 under runs/.kfp-cache keyed on inputs and kfopt's code version, so a second run with the same
 settings reuses finished stages.
+
+A run that is killed (SIGKILL, power loss) resumes: the next run with the same settings reuses
+its finished stages from the cache and redoes the killed one (kfopt.resume). kfp.local's cache
+hits are shown as "Task 'x' cache hit".
 """
 
 from __future__ import annotations
@@ -13,17 +17,18 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from kfopt import config as cfg_mod
+from kfopt import resume
 from kfopt.errors import KfoptError
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -36,7 +41,7 @@ class _Console:
     how it ended, and kfopt's own one-line messages. `kfopt run --verbose` shows everything.
     """
 
-    SHOW = re.compile(r"Executing task|Task '.*' finished with status|Pipeline '.*' finished|^\s*kfopt |"
+    SHOW = re.compile(r"Executing task|Task '.*' (finished with status|cache hit)|Pipeline '.*' finished|^\s*kfopt |"
                       r"^\s+\S+\s+(acc |skipped: |FAILED: )")
     ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -65,10 +70,40 @@ class _Console:
         self._log.close()
 
 
+class _CacheHits(logging.Handler):
+    """Passes kfp.local's "Task x cache hit" to the console.
+
+    kfp.local logs it with logging.info on the root logger outside its own log setup, where the
+    default level drops it; without it a resumed run cannot tell reused stages from skipped ones.
+    """
+
+    PATTERN = re.compile(r"Task (\S+) cache hit")
+
+    def __init__(self, console: _Console):
+        super().__init__(logging.INFO)
+        self._console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.PATTERN.match(record.getMessage())
+        if found:
+            self._console.write(f"Task '{found.group(1)}' cache hit: its outputs from an earlier run are reused\n")
+
+
+@contextlib.contextmanager
+def _cache_hits_to(console: _Console):
+    root = logging.getLogger()
+    handler, level = _CacheHits(console), root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = True, verbose: bool = False) -> Path:
     """Run the whole pipeline; return the run folder (holding report.*, pipeline.log)."""
-    from kfp import local
-
     from kfopt import deployment as deploy_mod
     from pipelines.kfopt_pipeline import build
 
@@ -82,20 +117,35 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     cfg = with_registry(cfg, runs_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir).resolve() / f"{cfg.name}-{stamp}"
+    for message in resume.recover(run_dir.parent):
+        print(message, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, error_file = tempfile.mkstemp(prefix="kfopt-error-", suffix=".txt")
-    os.close(fd)
-    os.environ["KFOPT_ERROR_FILE"] = error_file
+    lock = resume.hold(run_dir)
+    try:
+        _run_pipeline(pipeline, cfg, run_dir, Path(runs_dir).resolve() / ".kfp-cache" if cache else None, verbose)
+    finally:
+        resume.release(lock, run_dir)
+    return run_dir
+
+
+def _run_pipeline(pipeline, cfg: cfg_mod.RunConfig, run_dir: Path, cache_root: Path | None, verbose: bool) -> None:
+    """Run into run_dir (which holds the run lock); a failed run leaves only its log beside run_dir."""
+    from kfp import local
+
+    error_file = run_dir / resume.ERROR_FILE
+    error_file.touch()
+    os.environ["KFOPT_ERROR_FILE"] = str(error_file)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline"),
-               raise_on_error=True, enable_caching=cache, cache_root=str(Path(runs_dir).resolve() / ".kfp-cache"))
+               raise_on_error=True, enable_caching=cache_root is not None,
+               cache_root=str(cache_root or run_dir.parent / ".kfp-cache"))
     start = time.perf_counter()
     console = _Console(run_dir / "pipeline.log", sys.stdout, verbose)
     try:
-        with contextlib.redirect_stdout(console):
+        with contextlib.redirect_stdout(console), _cache_hits_to(console):
             task = pipeline(**cfg_mod.pipeline_params(cfg))
     except Exception as exc:  # noqa: BLE001 - kfp.local raises RuntimeError for a failed task
         console.close()
-        message = Path(error_file).read_text().strip()
+        message = error_file.read_text().strip()
         log = run_dir.with_name(run_dir.name + ".failed.log")
         shutil.move(run_dir / "pipeline.log", log)
         shutil.rmtree(run_dir, ignore_errors=True)  # no half-made run folder; only its log stays
@@ -104,17 +154,16 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     finally:
         console.close()
         os.environ.pop("KFOPT_ERROR_FILE", None)
-        Path(error_file).unlink(missing_ok=True)
+        error_file.unlink(missing_ok=True)
     report_dir = Path(task.output.path)
     for name in REPORT_FILES:
         shutil.copy(report_dir / name, run_dir / name)
     _add_publish(run_dir)
     (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-    latest = Path(runs_dir).resolve() / "latest"
+    latest = run_dir.parent / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_dir.name)
-    return run_dir
 
 
 def with_registry(cfg: cfg_mod.RunConfig, runs_dir: Path) -> cfg_mod.RunConfig:
@@ -151,6 +200,12 @@ def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:
                          f"Runs here: {', '.join(known[-5:]) or 'none (start one with kfopt run)'}.")
     report = run_dir / "report.json"
     if not report.is_file():
+        if resume.stopped(run_dir):
+            raise KfoptError(f"Run {run_dir} was stopped before it finished (its process was killed), so it has no "
+                             "report; run `kfopt run` again with the same settings: the stages it finished come "
+                             "from the cache.")
+        if resume.running(run_dir):
+            raise KfoptError(f"Run {run_dir} is still running; its report appears when it finishes.")
         raise KfoptError(f"Run {run_dir} has no report.json: it did not finish (or is still running).")
     return report
 

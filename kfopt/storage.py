@@ -9,7 +9,14 @@ cluster with artifacts in Google Cloud Storage. Three promises hold for both kin
   only once its `_COMPLETE` marker (the JSON manifest {relpath: sha256}) is written, last.
 - Uploads are checked: the server's crc32c of every uploaded object must equal the local one.
 - Failures are StorageErrors with one sentence naming the URI and what to do; no google-cloud
-  exception escapes unwrapped.
+  exception escapes unwrapped. A full local disk says which one and what to point elsewhere.
+- Transient gs:// failures (429/5xx, dropped connections, no answer within the timeout) are
+  retried with exponential backoff for a bounded time (RetryPolicy), then reported once, naming
+  the bucket and the object. Create-only writes (if_generation_match=0) are retried too: the
+  precondition makes a repeat safe, and a repeat that finds our own bytes already there (the
+  first try landed, its answer was lost) counts as success, not as a lost race.
+- An interrupted upload is never visible: an object appears only once GCS has all of it (one
+  request, or a resumable upload's final chunk), with its crc32c checked by the server.
 
 google-cloud-storage is imported inside functions so that importing kfopt stays cheap.
 """
@@ -18,15 +25,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from kfopt import diskfull
 from kfopt.errors import StorageError
 from kfopt.variant import sha256_file
 
@@ -36,6 +47,55 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object's generation was not the one the caller expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How long one gs:// call may take: per request, and over all its retries together."""
+
+    timeout_s: float = 60.0  # connecting, and each wait for the server's next bytes
+    deadline_s: float = 120.0  # all tries of one call; then the call fails with one StorageError
+    initial_s: float = 1.0  # first backoff; doubled after each failed try, at most maximum_s
+    maximum_s: float = 30.0
+
+    ENV = {"timeout_s": "KFOPT_GCS_TIMEOUT_S", "deadline_s": "KFOPT_GCS_RETRY_DEADLINE_S",
+           "initial_s": "KFOPT_GCS_RETRY_INITIAL_S"}
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        """The defaults, with any of KFOPT_GCS_TIMEOUT_S / _RETRY_DEADLINE_S / _RETRY_INITIAL_S applied."""
+        values = {}
+        for field, var in cls.ENV.items():
+            raw = os.environ.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = float(raw)
+            except ValueError:
+                values[field] = -1.0
+            if not values[field] > 0:
+                raise StorageError(f"{var}={raw!r} is not a positive number of seconds; set it to e.g. 30 or unset it")
+        return cls(**values)
+
+    def retry(self, conditional: bool = False):
+        """google-cloud-storage's own retry predicate (429, 5xx, connection and timeout errors) with our timing.
+
+        conditional: a write guarded by if_generation_match, retried because the precondition makes
+        a repeat harmless (GCS's ConditionalRetryPolicy, as the library recommends).
+        """
+        from google.cloud.storage import retry as gcs_retry
+
+        policy = gcs_retry.DEFAULT_RETRY.with_timeout(self.deadline_s).with_delay(
+            initial=self.initial_s, maximum=self.maximum_s, multiplier=2.0)
+        if conditional:
+            return gcs_retry.ConditionalRetryPolicy(policy, gcs_retry.is_generation_specified, ["query_params"])
+        return policy
+
+
+def _opts(conditional: bool = False) -> dict[str, Any]:
+    """retry= and timeout= for one google-cloud-storage call."""
+    policy = RetryPolicy.from_env()
+    return {"retry": policy.retry(conditional), "timeout": policy.timeout_s}
 
 
 def is_gcs(uri: str | Path) -> bool:
@@ -86,7 +146,7 @@ def _missing(uri: str) -> StorageError:
 
     bucket, _ = parse_gcs(uri)
     try:
-        bucket_there = _client().lookup_bucket(bucket) is not None
+        bucket_there = _client().lookup_bucket(bucket, **_opts()) is not None
     except api.GoogleAPIError:  # e.g. allowed to read objects but not bucket metadata
         bucket_there = True
     if not bucket_there:
@@ -103,6 +163,7 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
 
+    start = time.monotonic()
     try:
         yield
     except StorageError:
@@ -124,15 +185,58 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
         raise StorageError(
             f"no permission to {action} {uri}; grant the service account a Storage role on the bucket"
         ) from err
-    except (api.GoogleAPIError, auth.TransportError, requests.RequestException) as err:
+    except api.RetryError as err:
+        raise _unreachable(uri, action, err.cause, retried_s=time.monotonic() - start) from err
+    except (requests.Timeout, requests.ConnectionError, auth.TransportError) as err:
+        raise _unreachable(uri, action, err) from err
+    except api.GoogleAPICallError as err:
+        if err.code in (408, 429) or (err.code or 0) >= 500:  # the server's trouble, not the request's
+            raise _unreachable(uri, action, err) from err
         raise StorageError(
-            f"could not {action} {uri}: {err.__class__.__name__}: {err}; check the network and retry"
+            f"could not {action} {uri}: {_describe(err)}; check the URI and your access to the bucket"
+        ) from err
+    except api.GoogleAPIError as err:
+        raise StorageError(
+            f"could not {action} {uri}: {_describe(err)}; check the URI and your access to the bucket"
+        ) from err
+    except requests.RequestException as err:
+        raise StorageError(
+            f"could not {action} {uri}: {_describe(err)}; check the network and retry"
         ) from err
     except auth.GoogleAuthError as err:  # after TransportError, which is one too
         raise StorageError(
             f"Google Cloud rejected the credentials used to {action} {uri} ({err}); refresh or "
             "replace them"
         ) from err
+
+
+def _describe(err: BaseException | None) -> str:
+    """The last failure of a gs:// call in a few words."""
+    import requests
+    from google.api_core import exceptions as api
+
+    if isinstance(err, requests.Timeout):
+        return f"no answer within {RetryPolicy.from_env().timeout_s:g} s"
+    if isinstance(err, requests.ConnectionError):
+        return "the connection failed or was dropped"
+    if isinstance(err, api.GoogleAPICallError) and err.code:
+        return f"HTTP {err.code} {err.message}".strip()
+    response = getattr(err, "response", None)  # google-resumable-media's InvalidResponse (uploads, downloads)
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} {getattr(response, 'reason', '') or ''}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+def _unreachable(uri: str, action: str, last: BaseException | None, retried_s: float | None = None) -> StorageError:
+    """The one error once a gs:// call failed for good: bucket, object, last failure, what to check."""
+    bucket, path = parse_gcs(uri)
+    waited = f"still failing after retrying for {retried_s:.1f} s, last: " if retried_s is not None else ""
+    emulator = ", STORAGE_EMULATOR_HOST" if os.environ.get("STORAGE_EMULATOR_HOST") else ""
+    return StorageError(
+        f"could not {action} object '{path}' in bucket '{bucket}' ({uri}): {waited}{_describe(last)}; check "
+        f"the network{emulator} and that the bucket is available, then rerun (KFOPT_GCS_RETRY_DEADLINE_S and "
+        "KFOPT_GCS_TIMEOUT_S set how long kfopt waits)"
+    )
 
 
 @contextlib.contextmanager
@@ -161,6 +265,8 @@ def _local_errors(path: Path | str, writing: bool) -> Iterator[None]:
             f"no permission to {verb} {path}; fix its permissions or choose another location"
         ) from err
     except OSError as err:
+        if writing and diskfull.is_disk_full(err):
+            raise diskfull.error(path, path, diskfull.STORAGE) from err
         verb = "write" if writing else "read"
         raise StorageError(f"cannot {verb} {path}: {err.strerror}; check the disk and the path") from err
 
@@ -179,7 +285,7 @@ def _crc32c_b64(path: Path) -> str:
 def read_bytes(uri: str | Path) -> bytes:
     if is_gcs(uri):
         with _gcs_errors(str(uri), "read"):
-            return _blob(str(uri)).download_as_bytes()
+            return _blob(str(uri)).download_as_bytes(**_opts())
     with _local_errors(uri, writing=False):
         return Path(uri).read_bytes()
 
@@ -220,8 +326,11 @@ def write_bytes(uri: str | Path, data: bytes, if_generation_match: int | None = 
 
 
 def _write_gcs(uri: str, data: bytes, if_generation_match: int | None) -> None:
+    """One request carrying the whole object (and its crc32c): GCS stores all of it or nothing."""
     import google_crc32c
+    from google.api_core import exceptions as api
 
+    expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
     with _gcs_errors(uri, "write"):
         if if_generation_match is not None and (get_generation(uri) or 0) != if_generation_match:
             raise PreconditionFailed(
@@ -229,9 +338,21 @@ def _write_gcs(uri: str, data: bytes, if_generation_match: int | None) -> None:
                 "overwritten; read it again and retry"
             )
         blob = _blob(uri)
-        blob.upload_from_string(data, if_generation_match=if_generation_match)
-        expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
+        try:
+            blob.upload_from_string(data, if_generation_match=if_generation_match,
+                                    **_opts(conditional=if_generation_match is not None))
+        except api.PreconditionFailed:
+            if if_generation_match != 0 or not _holds(uri, data):
+                raise
+            blob.reload(**_opts())
         _check_uploaded(blob, expected, uri)
+
+
+def _holds(uri: str, data: bytes) -> bool:
+    """Whether the object at `uri` already holds exactly `data` (an earlier try of ours landed)."""
+    bucket, path = parse_gcs(uri)
+    blob = _client().bucket(bucket).get_blob(path, **_opts())
+    return blob is not None and blob.md5_hash == base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
 def _check_uploaded(blob, expected_crc32c: str, uri: str) -> None:
@@ -271,10 +392,10 @@ def exists(uri: str | Path) -> bool:
         return Path(uri).exists()
     bucket, path = parse_gcs(str(uri))
     with _gcs_errors(str(uri), "look up"):
-        if path and not path.endswith("/") and _client().bucket(bucket).blob(path).exists():
+        if path and not path.endswith("/") and _client().bucket(bucket).blob(path).exists(**_opts()):
             return True
         prefix = path.rstrip("/") + "/" if path else ""
-        return any(True for _ in _client().list_blobs(bucket, prefix=prefix, max_results=1))
+        return any(True for _ in _client().list_blobs(bucket, prefix=prefix, max_results=1, **_opts()))
 
 
 def exists_complete(uri: str | Path) -> bool:
@@ -294,7 +415,7 @@ def get_generation(uri: str | Path) -> int | None:
         return None
     bucket, path = parse_gcs(str(uri))
     with _gcs_errors(str(uri), "look up"):
-        blob = _client().bucket(bucket).get_blob(path)
+        blob = _client().bucket(bucket).get_blob(path, **_opts())
     return blob.generation if blob is not None else None
 
 
@@ -306,7 +427,7 @@ def list_dir(uri: str | Path) -> list[str]:
     bucket, path = parse_gcs(str(uri))
     prefix = path.rstrip("/") + "/" if path else ""
     with _gcs_errors(str(uri), "list"):
-        pages = _client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        pages = _client().list_blobs(bucket, prefix=prefix, delimiter="/", **_opts())
         names = [blob.name[len(prefix):] for blob in pages]
         names += [sub[len(prefix):].rstrip("/") for sub in pages.prefixes]
     if not names and prefix:
@@ -333,7 +454,7 @@ def fetch(uri: str | Path, local_dir: Path, require_complete: bool = True) -> Pa
     name = path.rstrip("/").rsplit("/", 1)[-1] or bucket
     dest = Path(local_dir) / name
     with _gcs_errors(uri, "download"):
-        blob = _client().bucket(bucket).get_blob(path) if path and not path.endswith("/") else None
+        blob = _client().bucket(bucket).get_blob(path, **_opts()) if path and not path.endswith("/") else None
         if blob is None:
             _download_folder(uri, dest, require_complete)
             return dest
@@ -349,9 +470,19 @@ def fetch(uri: str | Path, local_dir: Path, require_complete: bool = True) -> Pa
 
 def _download(blob, target: Path) -> None:
     """Download into target, creating its folder; the client checks the crc32c on the way."""
+    import requests
+
     with _local_errors(target, writing=True):
         target.parent.mkdir(parents=True, exist_ok=True)
-        blob.download_to_filename(str(target))
+    try:
+        blob.download_to_filename(str(target), **_opts())
+    except OSError as err:
+        if diskfull.is_disk_full(err):
+            raise diskfull.error(target.parent, f"{target.name} downloaded from {blob.name}", diskfull.DOWNLOADS) from err
+        if isinstance(err, requests.RequestException):  # network, not disk: _gcs_errors words it
+            raise
+        with _local_errors(target, writing=True):
+            raise
 
 
 def _download_folder(uri: str, dest: Path, require_complete: bool) -> None:
@@ -367,7 +498,7 @@ def _download_folder(uri: str, dest: Path, require_complete: bool) -> None:
             )
         raise _missing(uri)
     else:
-        names = [b.name for b in _client().list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")]
+        names = [b.name for b in _client().list_blobs(bucket, prefix=prefix, **_opts()) if not b.name.endswith("/")]
         if not names:
             raise _missing(uri)
         manifest = {name[len(prefix):]: None for name in names}
@@ -431,11 +562,11 @@ def upload_dir(local_dir: Path | str, uri: str | Path) -> dict[str, str]:
     bucket, path = parse_gcs(uri)
     with _gcs_errors(uri, "upload to"):
         marker = _blob(_marker_uri(uri))
-        if marker.exists():
-            marker.delete()
+        if marker.exists(**_opts()):
+            marker.delete(**_opts())
         for rel in manifest:
             blob = _client().bucket(bucket).blob(f"{path}/{rel}" if path else rel)
-            blob.upload_from_filename(str(local_dir / rel))
+            blob.upload_from_filename(str(local_dir / rel), **_opts())
             _check_uploaded(blob, _crc32c_b64(local_dir / rel), f"{uri}/{rel}")
     write_json(_marker_uri(uri), manifest)
     return manifest

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from kfopt import __version__
+from kfopt import __version__, diskfull
 from kfopt.errors import ArtifactError
 
 META_FILE = "kfopt.json"
@@ -159,16 +159,18 @@ def discover(root: Path) -> list[Path]:
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `final` only if the block succeeds.
 
-    A stage that fails half-way leaves nothing at `final`.
+    A stage that fails half-way leaves nothing at `final`; a full disk is one clear StorageError.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if diskfull.is_disk_full(exc):
+            raise diskfull.error(final.parent, final, diskfull.PIPELINE_ROOT) from exc
         raise
     if final.exists():
         shutil.rmtree(final)
