@@ -290,3 +290,35 @@ def test_image_tag_and_registry_agree_everywhere():
     base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert base["images"] == [{"name": "kfopt-cpu", "newName": f"{registry}/kfopt-cpu",
                                "newTag": version}]
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_nothing_in_the_namespace_accepts_connections(rendered, path):
+    policies = by_kind(rendered[path], "NetworkPolicy")
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"]["policyTypes"]]
+    assert deny and not deny[0]["spec"].get("ingress"), "a default-deny ingress policy for every pod"
+    assert not [p for p in policies if p["spec"].get("ingress")], "no policy lets connections in"
+    retrain = next(p for p in policies if p["metadata"]["name"] == "kfopt-retrain")
+    ports = {port["port"] for rule in retrain["spec"]["egress"] for port in rule["ports"]}
+    assert ports == {53, 8888}, "the submit pod reaches only DNS and the KFP API"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_rbac_is_least_privilege(rendered, path):
+    docs = rendered[path]
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    for rule in (rule for role in by_kind(docs, "Role") for rule in role["rules"]):
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+        assert not {"secrets", "pods/exec", "serviceaccounts/token", "roles", "rolebindings"} & set(rule["resources"])
+        assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    configmaps = [r for role in by_kind(docs, "Role") for r in role["rules"] if "configmaps" in r["resources"]]
+    assert all(r.get("resourceNames") == ["kfp-launcher"] for r in configmaps), "only the launcher's ConfigMap"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_namespace_enforces_pod_security_and_reports_restricted(rendered, path):
+    labels = by_kind(rendered[path], "Namespace")[0]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] in ("baseline", "restricted")
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
