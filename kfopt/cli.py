@@ -99,9 +99,13 @@ def _check_inputs(cfg: cfg_mod.RunConfig) -> None:
     deployment.load(cfg.deployment)
     load.check_source(cfg.data.source)
     uri = cfg.model.uri
-    if uri and not storage.is_gcs(uri) and not Path(uri).exists():
+    if uri and storage.is_gcs(uri):
+        storage.parse_gcs(uri)
+    elif uri and not Path(uri).exists():
         raise ConfigError(f"Model {uri} does not exist; --model (model.uri) takes a trained model file or "
                           "SavedModel folder, as a local path or gs:// URI.")
+    if storage.is_gcs(cfg.publish.registry):
+        storage.parse_gcs(cfg.publish.registry)
 
 
 def _check_runs_dir(runs_dir: Path) -> None:

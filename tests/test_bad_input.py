@@ -109,6 +109,8 @@ RUN_INPUTS = {
     "data-suffix": (lambda t: ["--data", write(t / "d.parquet", "x")], "Unknown data source"),
     "data-bucketless-uri": (lambda t: ["--data", "gs:///d.csv"], "no valid bucket name"),
     "model-missing": (lambda t: ["--model", str(t / "nope.keras")], "does not exist"),
+    "model-bucketless-uri": (lambda t: ["--model", "gs://Bad_Bucket!/m.keras"], "no valid bucket name"),
+    "registry-bucketless-uri": (lambda t: ["--set", "publish.registry=gs://"], "no valid bucket name"),
     "runs-dir-is-a-file": (lambda t: ["--runs-dir", write(t / "runs", "")], "is a file"),
     "runs-dir-unwritable": (lambda t: ["--runs-dir", str(UNWRITABLE / "kfopt-runs")], "Cannot write"),
 }
@@ -147,6 +149,16 @@ def test_bad_data_content_fails_in_its_stage_with_one_line_and_no_run_folder(cap
     line = assert_one_clear_error(code, out, err, "at least 50 are needed")
     left = sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
     assert len(left) == 1 and left[0].endswith(".failed.log") and left[0] in line, left
+
+
+def test_a_model_file_that_is_not_a_model_fails_in_its_stage_with_one_line(capsys, tmp_path):
+    """A .keras file with garbage in it passes the cheap checks; the stage that loads it says which
+    file could not be loaded, in one line (loaders never unpickle or run code from the file)."""
+    model = tmp_path / "net.keras"
+    model.write_bytes(b"not a keras archive")
+    code, out, err = run_cli(capsys, ["run", "--model", str(model), "--runs-dir", str(tmp_path / "runs"),
+                                      "--set", "data.limit=200"])
+    assert_one_clear_error(code, out, err, str(model))
 
 
 @pytest.mark.parametrize("output, fragment", [
