@@ -26,7 +26,8 @@ from kfopt import cli, config, deployment
 from kfopt.data import load, validate
 from kfopt.errors import KfoptError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# No example database: runs stay independent and nothing is written into the repository.
+FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
            | st.text(max_size=12))
