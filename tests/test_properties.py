@@ -26,7 +26,7 @@ from kfopt import cli, config, deployment
 from kfopt.data import load, validate
 from kfopt.errors import KfoptError
 
-# No example database: runs stay independent and nothing is written into the repository.
+# No example database: every run draws fresh examples (hypothesis still caches constants, self-gitignored).
 FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
