@@ -176,6 +176,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from kfopt import doctor
 
@@ -219,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this environment: what will run where, what is missing and its fix")
     d.add_argument("--bucket", help="also check list/write/delete access to this gs:// bucket (or BUCKET/PATH)")
     d.add_argument("--host", help="also check that this KFP API answers, e.g. http://localhost:8080")
-    d.add_argument("--timeout", type=float, default=3.0, help="seconds per network check (default: 3)")
+    d.add_argument("--timeout", type=_seconds, default=3.0, help="seconds per network check (default: 3)")
     d.set_defaults(func=cmd_doctor)
 
     from kfopt import cli_cluster, cli_models

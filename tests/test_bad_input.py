@@ -247,6 +247,8 @@ def test_schedule_accepts_robfig_descriptors_and_fails_only_on_the_missing_serve
     (["models"], "models: the following arguments are required"),
     (["compile", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["doctor", "--timeout", "0"], "is not a number of seconds"),
+    (["doctor", "--timeout", "nan"], "is not a number of seconds"),
 ])
 def test_report_models_and_argument_errors(capsys, tmp_path, argv, fragment):
     (tmp_path / "afile").write_text("")
