@@ -1,6 +1,8 @@
-"""The `kfopt` command: run locally, compile for Kubeflow, re-render reports, talk to a KFP server, read the registry.
+"""The `kfopt` command: run locally, compile for Kubeflow, re-render reports, talk to a KFP server, read the
+registry, check the environment (doctor).
 
-Every KfoptError ends as one line on stderr and exit code 2; TensorFlow is never imported here.
+Bad input of any kind (a KfoptError, an argparse mistake, a path the OS refuses) ends as one
+`kfopt: error:` line on stderr and exit code 2; TensorFlow is never imported here.
 """
 
 from __future__ import annotations
