@@ -1,5 +1,4 @@
-"""The `kfopt` command: run locally, compile for Kubeflow, re-render reports, talk to a KFP server, read the
-registry, check the environment (doctor).
+"""The `kfopt` command: run locally, compile for Kubeflow, talk to a KFP server, read the registry, check setup.
 
 Bad input of any kind (a KfoptError, an argparse mistake, a path the OS refuses) ends as one
 `kfopt: error:` line on stderr and exit code 2; TensorFlow is never imported here.
