@@ -262,7 +262,7 @@ class _Run:
             "schema": "kfopt.model_card/1", "name": self.name, "version": self.version, "target": target,
             "created": _now(), "run_id": self.run_id, "objective": choice["objective"], "interface": self.model,
             "selection": {k: choice.get(k) for k in ("reason", "runner_up", "runner_up_reason") if choice.get(k)},
-            "variant": {k: spec[k] for k in ("name", "format", "precision", "framework", "technique", "params",
+            "variant": {k: spec[k] for k in ("name", "format", "precision", "framework", "runtime", "technique", "params",
                                              "parent", "task", "input", "output", "files")},
             "metrics": {"accuracy": row["accuracy"], "accuracy_delta_pp": ver["accuracy_delta_pp"],
                         "agreement": ver["agreement"], "max_abs_error": ver["max_abs_error"],

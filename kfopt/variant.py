@@ -26,6 +26,11 @@ from kfopt import __version__, diskfull
 from kfopt.errors import ArtifactError
 
 META_FILE = "kfopt.json"
+#: 2: `framework` is the source framework (keras, torch, onnx) and `runtime` what runs the file
+#: (tensorflow, litert, onnxruntime, openvino, tensorrt, xla). 1 (before 2026-12) had one overloaded
+#: `framework`: the baseline's "tensorflow", its children's runtime; `from_dict` reads it as 2.
+SCHEMA_VERSION = 2
+_V1_RUNTIMES = {"tensorflow": "tensorflow", "tensorflow-xla": "xla"}
 
 
 @dataclasses.dataclass
@@ -48,7 +53,8 @@ class VariantMeta:
     input: TensorSpec
     output: TensorSpec
     task: str = "multiclass"  # or "binary"
-    framework: str = ""
+    framework: str = ""  # the source framework of the model this variant came from: keras, torch, onnx
+    runtime: str = ""  # what runs this variant's file: tensorflow, litert, onnxruntime, openvino, tensorrt, xla
     technique: str = "train"
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     parent: str | None = None
@@ -57,6 +63,7 @@ class VariantMeta:
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     kfopt_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def skipped(self) -> bool:
@@ -72,6 +79,11 @@ class VariantMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VariantMeta":
         data = dict(data)
+        if data.get("schema_version", 1) == 1:  # written by kfopt before 2026-12: only Keras sources existed
+            old = data.get("framework", "")
+            data["runtime"] = _V1_RUNTIMES.get(old, old)
+            data["framework"] = "keras"
+            data["schema_version"] = SCHEMA_VERSION
         data["input"] = TensorSpec(**data["input"])
         data["output"] = TensorSpec(**data["output"])
         known = {f.name for f in dataclasses.fields(cls)}

@@ -110,7 +110,7 @@ def _build_one(name: str, src_dir: Path, src: variant.VariantMeta, vdir: Path, t
     if reason:
         return variant.write_skipped(vdir, name, "tensorrt", "gpu", reason, technique=TECHNIQUE, parent=src.name,
                                      precision=precision, **extra).to_dict()
-    meta = child_meta(src, name, format="tensorrt", framework=result["builder"]["module"], precision=precision,
+    meta = child_meta(src, name, format="tensorrt", runtime=result["builder"]["module"], precision=precision,
                       target="gpu", technique=TECHNIQUE, params=dict(settings), extra=extra)
     return variant.write(vdir, meta).to_dict()
 

@@ -64,7 +64,7 @@ def run(dataset_dir: Path, baseline_dir: Path, out_dir: Path, *, enabled: bool =
         start = time.perf_counter()
         model = savedmodel.load_keras(baseline_dir)
         programs = xla_fmt.export(model, vdir, batch_sizes, parent.input, parent.output.name)
-        meta = child_meta(parent, NAME, format="xla", framework="tensorflow-xla", technique="xla", target="tpu",
+        meta = child_meta(parent, NAME, format="xla", runtime="xla", technique="xla", target="tpu",
                           params={"batch_sizes": sorted(set(batch_sizes))},
                           extra={"programs": programs, "saved_model": xla_fmt.DIRNAME,
                                  "tpu": where if device else f"not present: {where}"})

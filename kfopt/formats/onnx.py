@@ -33,7 +33,7 @@ def write_variant(proto, out_dir: Path, meta: variant.VariantMeta) -> variant.Va
     onnx.save(proto, str(out / FILENAME))
     meta.input = variant.TensorSpec(proto.graph.input[0].name, meta.input.shape, "float32")
     meta.output = variant.TensorSpec(proto.graph.output[0].name, meta.output.shape, "float32")
-    meta.format, meta.framework = "onnx", "onnxruntime"
+    meta.format, meta.runtime = "onnx", "onnxruntime"
     return variant.write(out, meta)
 
 

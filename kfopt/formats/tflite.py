@@ -59,7 +59,7 @@ def write_variant(model_bytes: bytes, out_dir: Path, meta: variant.VariantMeta) 
     out.mkdir(parents=True, exist_ok=True)
     (out / FILENAME).write_bytes(model_bytes)
     meta.input, meta.output = io_specs(model_bytes, meta.input, meta.output)
-    meta.format, meta.framework = "tflite", "litert"
+    meta.format, meta.runtime = "tflite", "litert"
     return variant.write(out, meta)
 
 

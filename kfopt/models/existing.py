@@ -133,7 +133,7 @@ def run(dataset_dir: Path, out_dir: Path, *, model_uri: str) -> dict[str, Any]:
     in_spec, out_spec = input_output_specs(ds.schema)
     meta = variant.VariantMeta(
         name="baseline", format="savedmodel", precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework="tensorflow", technique="provided",
+        task=ds.schema.task, framework="keras", runtime="tensorflow", technique="provided",
         params={"model_uri": model_uri, "architecture": model.name},
         extra={"parameters": int(model.count_params()), "test_accuracy": test_acc, "input_check": spec,
                "appended_output_activation": appended, "implausible_baseline": implausible})

@@ -106,7 +106,7 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
     in_spec, out_spec = input_output_specs(ds.schema)
     meta = variant.VariantMeta(
         name="baseline", format="savedmodel", precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework="tensorflow", technique="train",
+        task=ds.schema.task, framework="keras", runtime="tensorflow", technique="train",
         params={"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
                 "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
         extra={"parameters": int(model.count_params()), "test_accuracy": float(test_acc)})
