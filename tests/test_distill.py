@@ -1,7 +1,11 @@
 """The distill stage: a half-width student learns from the trained baseline, then int8."""
 
+import numpy as np
+import pytest
+
 from kfopt import bench, formats, variant, verify
 from kfopt.data import dataset as ds_mod
+from kfopt.errors import ModelError
 from kfopt.formats import savedmodel
 from kfopt.optimize import distill
 
@@ -40,3 +44,72 @@ def test_student_layers_are_scaled_and_the_output_kept(digits_small):
     scaled = [(t, s) for t, s in widths if t]
     assert scaled[:-1] == [(t, round(t * 0.25)) for t, _ in scaled[:-1]]
     assert scaled[-1] == (10, 10)
+
+
+def _keras():
+    from kfopt.tfenv import keras
+
+    return keras()
+
+
+def _tied_block_model():
+    """The shapes that broke per-layer scaling: a residual Add onto the input, a squeeze-excite Multiply whose
+    Reshape target holds the channel count (as in EfficientNet), and a softmax Activation after the head."""
+    k = _keras()
+    x = k.layers.Input((8, 8, 4), name="input")
+    residual = k.layers.Add()([x, k.layers.Conv2D(4, 1, name="to_input")(x)])
+    h = k.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv")(residual)
+    se = k.layers.GlobalAveragePooling2D()(h)
+    se = k.layers.Reshape((1, 1, 32))(se)
+    se = k.layers.Conv2D(8, 1, activation="relu", name="se_reduce")(se)
+    se = k.layers.Conv2D(32, 1, activation="sigmoid", name="se_expand")(se)
+    h = k.layers.Multiply()([h, se])
+    h = k.layers.Dense(16, activation="relu", name="hidden")(k.layers.GlobalAveragePooling2D()(h))
+    return k.Model(x, k.layers.Activation("softmax")(k.layers.Dense(5, name="head")(h)))
+
+
+def test_tied_channel_counts_scale_together():
+    teacher = _tied_block_model()
+    student = distill.student_like(teacher, 0.5)
+    width = {layer.name: layer.get_config().get("filters") or layer.get_config().get("units")
+             for layer in student.layers if isinstance(layer, (_keras().layers.Conv2D, _keras().layers.Dense))}
+    # the conv added onto the input keeps its 4, the head (before its softmax Activation) its 5 classes
+    assert width == {"to_input": 4, "conv": 16, "se_reduce": 4, "se_expand": 16, "hidden": 8, "head": 5}
+    reshape = next(layer for layer in student.layers if isinstance(layer, _keras().layers.Reshape))
+    assert tuple(reshape.get_config()["target_shape"]) == (1, 1, 16)
+    assert student(np.zeros((2, 8, 8, 4), np.float32)).shape == (2, 5)
+    assert student.count_params() < 0.4 * teacher.count_params()
+
+
+def test_student_of_an_efficientnet():
+    """tf_keras.applications.EfficientNetB0: Rescaling/Normalization input layers and squeeze-excite Reshapes."""
+    teacher = _keras().applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=3)
+    student = distill.student_like(teacher, 0.5)
+    assert student.count_params() < 0.3 * teacher.count_params()
+    assert student(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 3)
+
+
+def test_a_student_keras_cannot_build_is_a_model_error_with_its_reason():
+    k = _keras()
+    x = k.layers.Input((8, 8, 3), name="input")
+    h = k.layers.Conv2D(6, 3, groups=3, name="grouped")(k.layers.Conv2D(3, 1)(x))  # 3 filters in 3 groups
+    teacher = k.Model(x, k.layers.Dense(2, activation="softmax")(k.layers.Flatten()(h)))
+    with pytest.raises(ModelError, match="Cannot derive a width-0.5 student.*divisible by the number of groups"):
+        distill.student_like(teacher, 0.5)
+
+
+def test_no_student_from_a_subclassed_model():
+    k = _keras()
+
+    class Tiny(k.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = k.layers.Dense(2, activation="softmax")
+
+        def call(self, x):
+            return self.head(x)
+
+    assert "subclassed" in distill.subclassed(Tiny())
+    assert distill.subclassed(_tied_block_model()) is None
+    with pytest.raises(ModelError, match="subclassed"):
+        distill.student_like(Tiny(), 0.5)

@@ -66,3 +66,58 @@ def test_switched_off_writes_skipped_pairs(digits_small, tmp_path):
     prune.run(digits_small["baseline"], digits_small["dataset"], tmp_path / "p", enabled=False, sparsities=[0.8])
     metas = [variant.read(d) for d in variant.discover(tmp_path / "p")]
     assert sorted(m.name for m in metas) == ["pruned_80", "pruned_80_tflite_int8"] and all(m.skipped for m in metas)
+
+
+@pytest.fixture(scope="module")
+def preprocessing_model(tmp_path_factory):
+    """A model kfopt did not build that scales and normalizes its own input (raw digits pixels, 0..16)."""
+    from kfopt.data import preprocess
+    from kfopt.models import train
+    from kfopt.tfenv import keras
+
+    k = keras()
+    root = tmp_path_factory.mktemp("preprocessing")
+    preprocess.run("digits", root / "dataset", limit=300, seed=3, normalize="none")
+    k.utils.set_random_seed(0)
+    x = k.layers.Input((8, 8, 1), name="input")
+    h = k.layers.Rescaling(1 / 16)(x)
+    h = k.layers.Normalization(mean=0.3, variance=0.1)(h)
+    h = k.layers.Conv2D(8, 3, padding="same", name="conv")(h)
+    h = k.layers.BatchNormalization()(h)
+    h = k.layers.ReLU()(h)
+    model = k.Model(x, k.layers.Dense(10, activation="softmax", name="head")(k.layers.Flatten()(h)))
+    model.compile(k.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(*ds_mod.read(root / "dataset").split("train"), epochs=3, batch_size=32, verbose=0)
+    model.save(root / "pre.keras")
+    train.run(root / "dataset", root / "baseline", model_uri=str(root / "pre.keras"))
+    return root
+
+
+def test_only_layers_with_prunable_kernels_are_wrapped(preprocessing_model):
+    """tfmot's default wraps every layer and refuses Rescaling/Normalization; the stage prunes the kernels only."""
+    root = preprocessing_model
+    prune.run(root / "baseline", root / "dataset", root / "pruned", sparsities=[0.5], epochs=2, calibration_samples=32,
+              accuracy_budget=100.0, min_agreement=0.0)
+    meta = variant.read(root / "pruned" / "pruned_50")
+    assert sorted(meta.extra["sparsity"]["layers"]) == ["conv", "head"]
+    assert all(s == pytest.approx(0.5, abs=0.01) for s in meta.extra["sparsity"]["layers"].values())
+    from kfopt.formats import savedmodel
+
+    kinds = [type(layer).__name__ for layer in savedmodel.load_keras(root / "pruned" / "pruned_50").layers]
+    assert {"Rescaling", "Normalization", "BatchNormalization"} <= set(kinds)  # left in place, unwrapped
+    assert variant.read(root / "pruned" / "pruned_50_tflite_int8").precision == "int8"
+    x, y = ds_mod.read(root / "dataset").split("test")
+    probs = bench.predict_all(formats.load(root / "pruned" / "pruned_50"), x)
+    assert verify.quality(probs, y, "multiclass")["accuracy"] > 0.3  # it still learns from raw pixels (chance 0.1)
+
+
+def test_a_model_with_nothing_to_prune_is_a_model_error(preprocessing_model, tmp_path):
+    from kfopt.errors import ModelError
+    from kfopt.tfenv import keras
+
+    k = keras()
+    x = k.layers.Input((8, 8, 1), name="input")
+    model = k.Model(x, k.layers.Softmax()(k.layers.Flatten()(k.layers.Rescaling(1 / 16)(x))[:, :10]))
+    data = ds_mod.read(preprocessing_model / "dataset")
+    with pytest.raises(ModelError, match="no layer whose weights tfmot can prune"):
+        prune.prune_model(model, data, 0.5, 2)
