@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kfopt import config as cfg_mod
-from kfopt import resume
+from kfopt import diskfull, resume
 from kfopt.errors import KfoptError
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -50,7 +50,11 @@ class _Console:
         self._terminal, self._verbose, self._pending = terminal, verbose, ""
 
     def write(self, text: str) -> int:
-        self._log.write(text)
+        if self._log is not None:
+            try:
+                self._log.write(text)
+            except OSError:  # a full disk: the stage that needs the space says so; progress still shows
+                self._log = None
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
@@ -60,14 +64,16 @@ class _Console:
         return len(text)
 
     def flush(self) -> None:
-        self._log.flush()
+        with contextlib.suppress(OSError, AttributeError):
+            self._log.flush()
         self._terminal.flush()
 
     def isatty(self) -> bool:
         return False
 
     def close(self) -> None:
-        self._log.close()
+        with contextlib.suppress(OSError, AttributeError):
+            self._log.close()
 
 
 class _CacheHits(logging.Handler):
@@ -119,8 +125,13 @@ def run(cfg: cfg_mod.RunConfig, runs_dir: Path = Path("runs"), cache: bool = Tru
     run_dir = Path(runs_dir).resolve() / f"{cfg.name}-{stamp}"
     for message in resume.recover(run_dir.parent):
         print(message, flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = resume.hold(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = resume.hold(run_dir)
+    except OSError as exc:
+        if diskfull.is_disk_full(exc):
+            raise diskfull.error(run_dir.parent, f"the run folder {run_dir.name}", "--runs-dir") from None
+        raise KfoptError(f"Cannot create the run folder {run_dir} ({exc.strerror}); choose another --runs-dir.") from None
     try:
         _run_pipeline(pipeline, cfg, run_dir, Path(runs_dir).resolve() / ".kfp-cache" if cache else None, verbose)
     finally:

@@ -15,6 +15,7 @@ run. Such a folder keeps its finished artifacts (the cache entries point at them
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -94,9 +95,10 @@ def recover(runs_dir: Path) -> list[str]:
             for path in found:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             (run_dir / ERROR_FILE).unlink(missing_ok=True)
-            (run_dir / STOPPED).write_text("This run was stopped before it finished (its process was killed). Run "
-                                           "`kfopt run` again with the same settings: its finished stages come from "
-                                           "the cache.\n")
+            with contextlib.suppress(OSError):  # a full disk: the run lock still marks it, next time then
+                (run_dir / STOPPED).write_text("This run was stopped before it finished (its process was killed). "
+                                               "Run `kfopt run` again with the same settings: its finished stages "
+                                               "come from the cache.\n")
             (run_dir / RUN_LOCK).unlink(missing_ok=True)
         messages.append(f"kfopt: run {run_dir.name} was stopped before it finished; removed {len(found)} "
                         "partial output(s) of its killed stage(s); the stages it finished come from the cache")

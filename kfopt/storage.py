@@ -551,7 +551,7 @@ def upload_dir(local_dir: Path | str, uri: str | Path) -> dict[str, str]:
             with _local_errors(dest, writing=True):
                 tmp.mkdir(parents=True)
             for rel in manifest:
-                with _local_errors(tmp / rel, writing=True):
+                with _local_errors(dest / rel, writing=True):  # the name the user knows, not the temporary one
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(local_dir / rel, tmp / rel)
             _swap_in(tmp, dest)
