@@ -8,8 +8,11 @@ adapter module instead of importing Keras itself. Every adapter module exposes t
     CAPABILITIES: frozenset[str]   techniques that need this framework's model object:
                                    "fine_tune", "prune", "distill", "qat", "tflite" (direct TFLite export)
     SUFFIXES: tuple[str, ...]      what a user's model file/folder looks like (".keras", ".pt2", ".onnx", ...)
+    FORMAT, RUNTIME: str           the variant format `save` writes and what runs it ("savedmodel", "tensorflow")
     accepts(path) -> bool          is this user-given file/folder this framework's model?
-    load_user(path, schema)        a model the user brings, loaded safely (no pickle, no code from the file)
+    load_user(path, schema) -> (model, notes)   a model the user brings, loaded safely (no pickle, no code
+                                   from the file), checked against the data and ending in probabilities;
+                                   `notes` (what was checked or changed) go to the baseline's kfopt.json extra
     load(variant_dir)              a variant's model object back
     save(model, variant_dir)       the model files of a variant (kfopt.json is written by the caller)
     predict(model, x) -> probs     float32 probabilities, in batches, never the framework's slow predict()
