@@ -84,7 +84,7 @@ def write_variant(model, out_dir: Path, meta: variant.VariantMeta) -> variant.Va
     ov().save_model(model, str(out / XML), compress_to_fp16=False)
     meta.input = variant.TensorSpec(model.inputs[0].get_any_name(), meta.input.shape, "float32")
     meta.output = variant.TensorSpec(model.outputs[0].get_any_name(), meta.output.shape, "float32")
-    meta.format, meta.framework = "openvino", "openvino"
+    meta.format, meta.runtime = "openvino", "openvino"
     meta.extra.setdefault("openvino_version", ov().get_version())
     return variant.write(out, meta)
 
@@ -154,7 +154,12 @@ class OpenVinoRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
-        return np.asarray(self.program(len(x)).infer({0: x})[0], np.float32)
+        request = self.program(len(x))
+        try:
+            return np.asarray(request.infer({0: x})[0], np.float32)
+        except RuntimeError as exc:
+            raise ModelError(f"OpenVINO could not run variant {self.meta.name!r} on input of shape {list(x.shape)}: "
+                             f"{first_line(exc)}") from None
 
 
 def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> OpenVinoRunner:

@@ -156,6 +156,19 @@ def _fake_quantizers(model) -> set[str]:
     return {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
 
 
+def fallback_target(result: dict[str, Any], left_pp: float, min_agreement: float) -> tuple[str, float]:
+    """The metric quantize_with_accuracy_control restores, and its allowed absolute drop, for what the check missed.
+
+    NNCF controls one metric. A missed accuracy budget alone: accuracy, `left_pp` of drop. A missed
+    agreement: top-1 agreement with the baseline, 1 - min_agreement of drop, tightened to `left_pp`
+    when accuracy missed too (each disagreement costs at most one correct answer, so that bounds both).
+    """
+    accuracy_missed = -result.get("accuracy_delta_pp", 0.0) > left_pp + 1e-9
+    if result.get("agreement", 1.0) >= min_agreement:
+        return "accuracy", max(left_pp, 0.0) / 100
+    return "agreement", max(min(1 - min_agreement, left_pp / 100 if accuracy_missed else 1.0), 0.0)
+
+
 class Int8:
     """NNCF int8 of one fp32 openvino.Model, calibrated and validated at a static batch of 1."""
 
@@ -170,20 +183,20 @@ class Int8:
     def quantize(self):
         return self.nncf.quantize(self.model, self.calibration, subset_size=self.subset)
 
-    def with_accuracy_control(self, max_drop_pp: float, iterations: int):
-        """Quantizers removed, most harmful first, until validation accuracy is within `max_drop_pp`."""
-        nncf = self.nncf
-        x, y, task = self.gate.x, self.gate.y, self.gate.task
-
-        def validate(compiled, items) -> tuple[float, list[float]]:
-            correct = [float(verify.labels(np.asarray(compiled(xi)[0]), task)[0] == yi) for xi, yi in items]
-            return float(np.mean(correct)), correct
-
+    def with_accuracy_control(self, metric: str, max_drop: float, iterations: int):
+        """Quantizers removed, most harmful first, until `metric` on the validation split drops at most `max_drop`."""
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
+        nncf, gate = self.nncf, self.gate
+        wanted = gate.y if metric == "accuracy" else verify.labels(gate.reference, gate.task)
+
+        def validate(compiled, items) -> tuple[float, list[float]]:
+            hits = [float(verify.labels(np.asarray(compiled(xi)[0]), gate.task)[0] == want) for xi, want in items]
+            return float(np.mean(hits)), hits
+
         return nncf.quantize_with_accuracy_control(
-            self.model, self.calibration, nncf.Dataset([(x[i:i + 1], y[i]) for i in range(len(x))]), validate,
-            max_drop=max(max_drop_pp, 0.0) / 100, drop_type=nncf.DropType.ABSOLUTE, subset_size=self.subset,
+            self.model, self.calibration, nncf.Dataset([(gate.x[i:i + 1], wanted[i]) for i in range(len(gate.x))]),
+            validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=self.subset,
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 max_num_iterations=iterations, num_ranking_workers=1))
 
@@ -206,12 +219,16 @@ def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, sam
     left_pp = cfg.accuracy_budget - parent_loss_pp
     full: set[str] | None = None  # the quantizers of the first attempt: all NNCF places
     try:
-        for method, make in (("nncf.quantize", maker.quantize),
-                             ("nncf.quantize_with_accuracy_control",
-                              lambda: maker.with_accuracy_control(left_pp, cfg.fallback_max_attempts))):
-            if attempts and (attempts[0]["passed"] or not cfg.fallback_max_attempts):
-                break
-            quantized = make()
+        for method in ("nncf.quantize", "nncf.quantize_with_accuracy_control"):
+            target: dict[str, Any] = {}
+            if attempts:
+                if attempts[0]["passed"] or not cfg.fallback_max_attempts:
+                    break
+                metric, max_drop = fallback_target(attempts[0], left_pp, cfg.min_agreement)
+                target = {"metric": metric, "max_drop": round(max_drop, 6), "iterations": cfg.fallback_max_attempts}
+                quantized = maker.with_accuracy_control(metric, max_drop, cfg.fallback_max_attempts)
+            else:
+                quantized = maker.quantize()
             vdir = staging / str(len(attempts))
             meta = child_meta(parent, name, technique=TECHNIQUE, precision="int8", target="cpu",
                               params={**params, "method": method})
@@ -220,8 +237,9 @@ def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, sam
             full = quantizers if full is None else full
             result = _check(ref.gate, vdir)
             figures = {k: result[k] for k in ("accuracy_delta_pp", "agreement", "max_abs_error") if k in result}
-            attempts.append({"method": method, "passed": result["passed"], "reason": result["reason"], **figures,
-                             "fake_quantize_ops": len(quantizers), "float_layers": sorted(full - quantizers)})
+            attempts.append({"method": method, **target, "passed": result["passed"], "reason": result["reason"],
+                             **figures, "fake_quantize_ops": len(quantizers),
+                             "float_layers": sorted(full - quantizers)})
         best = max(range(len(attempts)), key=lambda i: (attempts[i]["passed"],
                                                         attempts[i].get("accuracy_delta_pp", -1e9),
                                                         attempts[i].get("agreement", 0.0)))
@@ -282,8 +300,8 @@ def parents(roots: list[Path]) -> tuple[list[tuple[Path, variant.VariantMeta]], 
             meta = variant.read(vdir, verify=False)
             if accepts(meta):
                 found.append((vdir, meta))
-            elif meta.format == "onnx" and meta.precision == "fp32":
-                others.append(f"{meta.name}: {meta.reason}")
+            elif meta.format == "onnx" and meta.status != "ok":  # an ONNX variant a stage did not make
+                others.append(f"{meta.name}: {meta.status}: {meta.reason}")
     found.sort(key=lambda pair: (pair[1].name != EXPORT_ONNX, pair[1].name))
     return found, others
 
