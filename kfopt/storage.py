@@ -1,7 +1,7 @@
 """The one door through which kfopt reads inputs and publishes outputs: local paths and gs:// URIs.
 
 Every stage names its inputs and outputs by URI, so the same code runs on one machine and on a
-cluster with artifacts in Google Cloud Storage. Three promises hold for both kinds of location:
+cluster with artifacts in Google Cloud Storage. These promises hold:
 
 - Writes are atomic: a reader sees the old content or the new, never half a file or half a folder.
   A local file goes to a temporary name in the same folder and is renamed; a local folder is built
@@ -16,7 +16,7 @@ cluster with artifacts in Google Cloud Storage. Three promises hold for both kin
   precondition makes a repeat safe, and a repeat that finds our own bytes already there (the
   first try landed, its answer was lost) counts as success, not as a lost race.
 - An interrupted upload is never visible: an object appears only once GCS has all of it (one
-  request, or a resumable upload's final chunk), with its crc32c checked by the server.
+  request, or a resumable upload's final chunk); kfopt then compares its crc32c with ours.
 
 google-cloud-storage is imported inside functions so that importing kfopt stays cheap.
 """

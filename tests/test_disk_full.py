@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from publish_inputs import NAME, run_outputs  # noqa: F401 (fixture)
 
-from kfopt import storage
+from kfopt import diskfull, storage
 from kfopt.registry import Registry
 
 KFOPT = str(Path(sys.executable).with_name("kfopt"))
@@ -34,6 +34,13 @@ try:
     if args["what"] == "preprocess":
         from kfopt.data import preprocess
         preprocess.run("digits", Path(args["out"]), limit=600, seed=3)
+    elif args["what"] == "savedmodel":  # a model kfopt did not build, saved as train/prune/distill save theirs
+        from kfopt import variant
+        from kfopt.formats import savedmodel
+        from kfopt.tfenv import keras
+        model = keras().applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, alpha=0.35, classes=10)
+        with variant.staged_dir(Path(args["out"])) as tmp:
+            savedmodel.save(model, tmp)
     else:
         from kfopt import publish
         publish.run(Path(args["report"]), [Path(p) for p in args["roots"]], args["registry"], args["name"],
@@ -115,6 +122,33 @@ def test_full_pipeline_root_is_one_clear_error_and_leaves_no_partial_artifact(sm
     if disk.tmpfs:
         assert f"No space left on {disk.path} " in message  # names the full mount, not some parent
     assert not out.exists() and not _hidden_leftovers(disk.path)
+
+
+def test_tensorflow_saving_onto_a_full_disk_is_the_same_clear_error(small_disk):
+    """TensorFlow reports a full disk as its own ResourceExhaustedError, not OSError; it gets the same message."""
+    disk = small_disk(free=64 * 1024)  # the MobileNetV2's variables are ~1.6 MB
+    out = disk.path / "pipeline" / "train" / "baseline"
+    result = disk.run(what="savedmodel", out=str(out))
+    assert not result["ok"] and result["type"] == "StorageError", result
+    assert result["error"].startswith("No space left on ") and f"while writing {out};" in result["error"]
+    assert not out.exists() and not _hidden_leftovers(disk.path)
+
+
+def test_disk_full_is_recognised_in_every_shape():
+    import errno
+
+    assert diskfull.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert diskfull.is_disk_full(OSError(errno.EFBIG, "File too large"))
+    assert diskfull.is_disk_full(RuntimeError("part-00000.tempstate1; No space left on device [Op:SaveV2]"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as inner:
+            raise ValueError("could not write the model") from inner
+    except ValueError as outer:
+        assert diskfull.is_disk_full(outer)
+    assert not diskfull.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not diskfull.is_disk_full(MemoryError("out of memory"))
 
 
 def test_kfopt_run_on_a_full_runs_dir_says_so_in_one_line_and_leaves_no_run(small_disk):
