@@ -14,8 +14,9 @@ method and path (a regular expression) and do one of:
 A rule applies to its first `times` matching requests (None: all of them) once `after` of them
 have gone through, to a `share` of them (seeded, so a test is repeatable), or both. Each client connection carries one request
 (`Connection: close` both ways), which keeps the proxy free of HTTP keep-alive bookkeeping.
-Uploads larger than the client's resumable threshold (8 MiB) get their session URL from the
-server and would bypass the proxy; the tests here keep objects small.
+Uploads larger than the client's resumable threshold (8 MiB) send their data to a session URL
+that the server names: gcp-storage-emulator builds it from the request's Host (the proxy), while
+fake-gcs-server returns its -external-url, which bypasses the proxy.
 """
 
 from __future__ import annotations

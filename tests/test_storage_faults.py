@@ -9,6 +9,7 @@ the ones a run on a cluster gets (with timings shortened through KFOPT_GCS_* var
 
 from gcs_emulator import FAST_RETRY, gcs, gcs_faults, gcs_strict  # noqa: F401 (fixtures)
 
+import os
 import threading
 import time
 import uuid
@@ -83,6 +84,19 @@ def test_connection_dropped_mid_upload_leaves_no_visible_object(gcs_faults):
     gcs_faults.proxy.add("drop", method="POST", path=UPLOAD, times=1)  # once: the retry completes it
     storage.write_bytes(uri, b"y" * 200_000)
     assert storage.read_bytes(uri) == b"y" * 200_000
+
+
+def test_resumable_upload_cut_off_leaves_no_visible_object(gcs_faults, tmp_path):
+    """Above 8 MiB the client uses a resumable upload; its data request is cut off every time."""
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(9 * 1024 * 1024))
+    gcs_faults.proxy.add("drop", method="PUT", path=r"uploadType=resumable&upload_id=", times=None)
+    with pytest.raises(StorageError, match="weights.bin|big"):
+        storage.upload_dir(src, gcs_faults.uri("big"))
+    assert gcs_faults.proxy.faults("drop"), "the resumable upload did not go through the proxy"
+    gcs_faults.proxy.clear()
+    assert not storage.exists(gcs_faults.uri("big/weights.bin")) and not storage.exists_complete(gcs_faults.uri("big"))
 
 
 def test_folder_upload_interrupted_is_never_read_as_complete(gcs_faults, tmp_path):
