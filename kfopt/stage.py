@@ -8,8 +8,8 @@ An optimizer or accelerator runs `with optional_stage("prune", out_dir): ...` in
 that cannot handle this model must not cost the user the rest of the run. Any error that is not
 the user's to fix leaves its output folder holding one `failed` variant with the reason, prints
 `kfopt prune: failed: <reason>` and lets the task succeed, so the benchmark, report and publish
-run and show it. Errors in the user's input (settings, data, storage, a corrupted artifact) still
-stop the run through `guard`: every other stage would hit them too.
+run and show it. Errors in the user's input (settings, data, storage, a corrupted artifact) and a
+full disk still stop the run through `guard`: every other stage would hit them too.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
+from kfopt import diskfull
 from kfopt.errors import ArtifactError, ConfigError, DataError, KfoptError, StorageError
 
 #: Errors that stop the run even in an optional stage: the user's input is wrong, not the technique.
 STOPS_RUN = (ConfigError, DataError, StorageError, ArtifactError)
+_SOURCE_LOCATION = re.compile(r"(?<!\w)(?:/[\w.+-]+)+\.(?:py|cc|h):\d+(?::\d+)?:?\s*")
 
 
 @contextlib.contextmanager
@@ -43,9 +46,12 @@ def guard(stage: str) -> Iterator[None]:
 
 
 def failure_reason(stage: str, exc: BaseException) -> str:
-    """`<stage> stage: <ExceptionType>: <first line of its message>`, short enough for a table."""
+    """`<stage> stage: <ExceptionType>: <first line of its message>`, short enough for a table.
+
+    Absolute source locations that converters glue into their messages (`/…/ops.py:551:1: `) are dropped.
+    """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    first = lines[0] if lines else "(no message)"
+    first = " ".join(_SOURCE_LOCATION.sub(" ", lines[0]).split()) if lines else "(no message)"
     return f"{stage} stage: {type(exc).__name__}: {first[:300] + '…' if len(first) > 300 else first}"
 
 
@@ -66,6 +72,9 @@ def optional_stage(stage: str, out_dir: str | Path, metrics: Any = None) -> Iter
         except STOPS_RUN:
             raise
         except Exception as exc:  # noqa: BLE001 - any other error is this technique's failure, not the run's
+            if diskfull.is_disk_full(exc):  # not the technique's fault, and every later stage would hit it
+                where = getattr(exc, "filename", None) or Path(out_dir).parent
+                raise diskfull.error(where, f"the {stage} stage's output", diskfull.PIPELINE_ROOT) from exc
             reason = failure_reason(stage, exc)
             traceback.print_exc(file=sys.stderr)
             try:

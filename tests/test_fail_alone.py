@@ -11,6 +11,8 @@ artifact objects, exactly as a KFP task calls it; then the real benchmark and re
 the stages left.
 """
 
+import dataclasses
+import errno
 import html
 import json
 from pathlib import Path
@@ -66,16 +68,20 @@ def run_task(name: str, out: Path, inputs: dict[str, Path], **settings):
 
 
 def _truncated_onnx_exports(hostile, tmp_path) -> Path:
-    """An exports set whose onnx_fp32 is a real ONNX file cut off half-way (its checksum matches the cut file)."""
-    model = _keras().models.load_model(hostile / "binned.keras")
-    meta = variant.read(hostile / "baseline")
+    """An exports set whose onnx_fp32 is a real ONNX file cut off half-way (its checksum is the cut file's)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Softmax", ["input"], ["output"])], "cut",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 10])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])])
+    whole = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(whole))
     vdir = tmp_path / "exports" / "onnx_fp32"
-    full = onnx_fmt.write_variant(onnx_fmt.from_keras(model, meta.input, 17), vdir,
-                                  variant.VariantMeta(**{**meta.to_dict(), "input": meta.input, "output": meta.output,
-                                                         "name": "onnx_fp32", "format": "onnx"}))
-    path = vdir / onnx_fmt.FILENAME
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    variant.write(vdir, full)
+    vdir.mkdir(parents=True)
+    (vdir / onnx_fmt.FILENAME).write_bytes(whole[: len(whole) // 2])
+    baseline = variant.read(hostile / "baseline")
+    variant.write(vdir, dataclasses.replace(baseline, name="onnx_fp32", format="onnx", parent="baseline", files={}))
     return tmp_path / "exports"
 
 
@@ -130,6 +136,7 @@ def test_the_reasons_name_what_broke(failed_sets):
     assert "HLO" in reasons["xla"] and "onnx.ModelProto" in reasons["tensorrt"]
     assert "No channel count of this architecture can shrink" in reasons["distill"]
     assert reasons["prune"].startswith("prune stage: ConverterError")  # pruning worked; its int8 TFLite did not
+    assert not [r for r in reasons.values() if "site-packages" in r]  # converters' source locations are noise
 
 
 def test_user_errors_still_stop_the_run(hostile, tmp_path, capsys):
@@ -139,6 +146,14 @@ def test_user_errors_still_stop_the_run(hostile, tmp_path, capsys):
                  sparsities=[1.5])
     assert stop.value.code == 1
     assert "kfopt prune: Pruning sparsity must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "variants").exists()
+
+
+def test_a_full_disk_stops_the_run_and_writes_no_failed_variant(tmp_path, capsys):
+    """ENOSPC is not the technique's fault (the classification only: tests/test_disk_full.py fills real disks)."""
+    with pytest.raises(SystemExit) as stop, optional_stage("quantize", tmp_path / "variants"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "work" / "model.onnx"))
+    assert stop.value.code == 1 and "No space left on" in capsys.readouterr().err
     assert not (tmp_path / "variants").exists()
 
 
@@ -178,3 +193,29 @@ def test_benchmark_and_report_show_failed_rows_and_never_choose_them(hostile, fa
         assert f"{name}: {row['reason']}" in text.split("Failed (the run went on without them):", 1)[1]
         assert html.escape(row["reason"]) in page
     assert not any(line.startswith(tuple(failed)) for line in report.not_measured(rep))  # listed once
+
+
+SMALL_RUN = ["--set", "data.limit=300", "--set", "augment.enabled=false", "--set", "quantize.qat=false",
+             "--set", "quantize.calibration_samples=32", "--set", "prune.sparsities=[0.5]", "--set", "prune.epochs=2",
+             "--set", "distill.epochs=1", "--set", "xla.batch_sizes=[1]", "--set", "bench.batch_sizes=[1]",
+             "--set", "bench.max_seconds=0.1"]
+
+
+@pytest.mark.slow
+def test_a_local_run_goes_on_past_every_stage_that_fails(hostile, tmp_path, capsys):
+    """Through the real kfp.local runner: each failing stage says why on the terminal; the run finishes."""
+    from kfopt.cli import main
+
+    runs = tmp_path / "runs"
+    assert main(["run", "--runs-dir", str(runs), "--model", str(hostile / "binned.keras"), *SMALL_RUN]) == 0
+    out = capsys.readouterr().out
+    broken = {"export", "quantize", "prune", "distill", "xla"}
+    for name in broken:
+        assert f"kfopt {name}: failed: {name} stage: " in out, name
+    run_dir = (runs / "latest").resolve()
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert {r["name"] for r in rep["rows"] if r["status"] == "failed"} == broken
+    assert {r["name"]: r["status"] for r in rep["rows"] if r["name"].startswith("trt_")} == {
+        "trt_fp16": "skipped", "trt_int8": "skipped"}  # its sources failed upstream: nothing to build from
+    assert rep["choices"]["cpu"]["chosen"] == "baseline"
+    assert "## Failed (the run went on without them)" in (run_dir / "report.md").read_text()
