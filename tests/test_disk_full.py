@@ -34,13 +34,12 @@ try:
     if args["what"] == "preprocess":
         from kfopt.data import preprocess
         preprocess.run("digits", Path(args["out"]), limit=600, seed=3)
-    elif args["what"] == "savedmodel":  # a model kfopt did not build, saved as train/prune/distill save theirs
+    elif args["what"] == "savedmodel":  # a model kfopt did not build, saved as a SavedModel (TF's SaveV2 op)
         from kfopt import variant
-        from kfopt.formats import savedmodel
         from kfopt.tfenv import keras
         model = keras().applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, alpha=0.35, classes=10)
         with variant.staged_dir(Path(args["out"])) as tmp:
-            savedmodel.save(model, tmp)
+            model.save(str(tmp / "saved_model"), save_format="tf", include_optimizer=False)
     else:
         from kfopt import publish
         publish.run(Path(args["report"]), [Path(p) for p in args["roots"]], args["registry"], args["name"],
