@@ -156,7 +156,7 @@ class OpenVinoRunner:
         x = np.ascontiguousarray(x, np.float32)
         request = self.program(len(x))
         try:
-            return np.asarray(request.infer({0: x})[0], np.float32)
+            return np.asarray(request.infer(x, share_inputs=True)[0], np.float32)  # x is not copied; the output is
         except RuntimeError as exc:
             raise ModelError(f"OpenVINO could not run variant {self.meta.name!r} on input of shape {list(x.shape)}: "
                              f"{first_line(exc)}") from None

@@ -39,6 +39,7 @@ from kfopt import formats, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError, KfoptError
 from kfopt.export import child_meta
+from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import openvino as ov_fmt
 from kfopt.optimize import checks
 from kfopt.optimize.gate import SWITCHED_OFF, Gate, calibration_set
@@ -261,7 +262,7 @@ def convert_parent(pdir: Path, parent: variant.VariantMeta, tmp: Path, samples: 
     named = names(parent)
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
-    model = ov_fmt.convert(Path(pdir) / "model.onnx")
+    model = ov_fmt.convert(Path(pdir) / onnx_fmt.FILENAME)
     fp32_dir = tmp / named["fp32"]
     ov_fmt.write_variant(model, fp32_dir, child_meta(
         parent, named["fp32"], technique=TECHNIQUE, precision="fp32", target="cpu",
@@ -278,12 +279,12 @@ def convert_parent(pdir: Path, parent: variant.VariantMeta, tmp: Path, samples: 
         raise
     except Exception as exc:  # noqa: BLE001 - NNCF refusing a model leaves the fp32 variant and a reason
         reason = f"nncf could not quantize {parent.name!r}: {ov_fmt.first_line(exc)}"
-        variant.write_skipped(tmp / named["int8"], named["int8"], "openvino", "cpu", reason, technique=TECHNIQUE,
-                              parent=parent.name, precision="int8")
+        variant.write_failed(tmp / named["int8"], named["int8"], "openvino", "cpu", reason, technique=TECHNIQUE,
+                             parent=parent.name, precision="int8")
     metrics[f"{named['int8']}_seconds"] = round(time.perf_counter() - start, 2)
     for kind in KINDS:
         vdir = tmp / named[kind]
-        if variant.read(vdir, verify=False).skipped:
+        if variant.read(vdir, verify=False).status != "ok":
             continue
         check = verify_batches(vdir, ref, cfg)
         metrics[f"{named[kind]}_failing_batches"] = len(check["failing"])
