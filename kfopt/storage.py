@@ -342,17 +342,22 @@ def _write_gcs(uri: str, data: bytes, if_generation_match: int | None) -> None:
             blob.upload_from_string(data, if_generation_match=if_generation_match,
                                     **_opts(conditional=if_generation_match is not None))
         except api.PreconditionFailed:
-            if if_generation_match != 0 or not _holds(uri, data):
+            if if_generation_match != 0 or not _holds(uri, data, expected):
                 raise
             blob.reload(**_opts())
         _check_uploaded(blob, expected, uri)
 
 
-def _holds(uri: str, data: bytes) -> bool:
-    """Whether the object at `uri` already holds exactly `data` (an earlier try of ours landed)."""
+def _holds(uri: str, data: bytes, crc32c: str) -> bool:
+    """Whether the object at `uri` already holds exactly `data` (an earlier try of ours landed).
+
+    Create-only writes carry a unique token (registry claims), so equal bytes mean our own write.
+    """
     bucket, path = parse_gcs(uri)
     blob = _client().bucket(bucket).get_blob(path, **_opts())
-    return blob is not None and blob.md5_hash == base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+    if blob is None or blob.size != len(data) or blob.crc32c != crc32c:
+        return False
+    return blob.md5_hash in (None, base64.b64encode(hashlib.md5(data).digest()).decode("ascii"))
 
 
 def _check_uploaded(blob, expected_crc32c: str, uri: str) -> None:
