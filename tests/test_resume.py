@@ -85,6 +85,11 @@ def test_sigkill_mid_write_then_rerun_resumes_from_the_cache(tmp_path, capsys):
     assert "was stopped before it finished" in capsys.readouterr().err
 
     second = _kfopt(runs)
+    deadline = time.monotonic() + 60
+    while not (live := [p for p in runs.glob("*/running.lock") if p.parent != crashed]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live and main(["report", str(live[0].parent)]) == 2
+    assert "is still running" in capsys.readouterr().err
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     assert f"run {crashed.name} was stopped before it finished; removed 1 partial output(s)" in out
