@@ -88,6 +88,11 @@ def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int]
     np.save(predictions_out, probs)
     result: dict[str, Any] = {**verify.quality(probs, y, meta.task), "latency": {}}
     rng = np.random.default_rng(0)
+    accepted = getattr(runner, "accepted_batches", None)  # a static-batch program runs only at its batch
+    if accepted is not None:
+        result["not_timed"] = {str(bs): f"the model runs only at batch {', '.join(map(str, accepted))}"
+                               for bs in batch_sizes if bs not in accepted}
+        batch_sizes = sorted(set(accepted))
     for bs in batch_sizes:
         batch = x[rng.choice(len(x), size=bs, replace=bs > len(x))]
         stats = time_calls(lambda: runner.predict(batch), warmup=warmup, min_runs=min_runs,

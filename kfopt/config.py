@@ -48,7 +48,8 @@ class AugmentConfig:
 @dataclasses.dataclass
 class ModelConfig:
     architecture: str = "digits_cnn"
-    uri: str = ""  # an already trained Keras model (.keras or SavedModel); skips training
+    uri: str = ""  # an already trained model (.keras, SavedModel, .pt2, .onnx); skips training
+    framework: str = "keras"  # keras | torch: which framework kfopt builds and trains `architecture` in
 
 
 @dataclasses.dataclass
@@ -292,6 +293,12 @@ def validate(cfg: RunConfig) -> None:
     check_name(p.model_name or cfg.name)
     from kfopt.models.architectures import ARCHITECTURES  # light module: no TensorFlow at import
 
+    check(cfg.model.framework in ("keras", "torch"),
+          f"model.framework must be keras or torch, got {cfg.model.framework!r}.")
+    if cfg.model.framework == "torch" and not cfg.model.uri:
+        from kfopt.models.torch_architectures import check as check_torch  # light module: no torch at import
+
+        check_torch(cfg.model.architecture)
     check(bool(cfg.model.uri) or cfg.model.architecture in ARCHITECTURES,
           f"Unknown model architecture {cfg.model.architecture!r}; known: {', '.join(ARCHITECTURES)}.")
 
@@ -328,7 +335,8 @@ PARAMS: list[tuple[str, str, str]] = [
     ("augment_max_rotation", "augment.max_rotation", "Largest rotation in degrees of an augmented image (images only)."),
     ("augment_noise_std", "augment.noise_std", "Standard deviation of the Gaussian noise added to augmented samples (normalized units)."),
     ("model_architecture", "model.architecture", "Model architecture to train (digits_cnn, breast_cancer_mlp, ...)."),
-    ("model_uri", "model.uri", "An already trained Keras model (.keras or SavedModel, local or gs://); empty trains one."),
+    ("framework", "model.framework", "keras or torch: the framework kfopt trains model_architecture in (ignored when model_uri is set: a brought model's own framework is read from its file)."),
+    ("model_uri", "model.uri", "An already trained model, local or gs://: Keras (.keras or SavedModel folder), torch.export (.pt2) or ONNX (.onnx); empty trains one."),
     ("epochs", "train.epochs", "Maximum training epochs (early stopping on validation loss)."),
     ("batch_size", "train.batch_size", "Training batch size."),
     ("learning_rate", "train.learning_rate", "Adam learning rate."),

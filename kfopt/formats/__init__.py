@@ -44,6 +44,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("openvino", "kfopt.formats.openvino", "OpenVINO", ("cpu",), ("cpu",)),
     Format("tensorrt", "kfopt.formats.tensorrt", "TensorRT", ("gpu",), ("gpu",)),
     Format("xla", "kfopt.formats.xla", "TensorFlow XLA", ("tpu", "cpu"), ("cpu", "tpu")),
+    Format("torch", "kfopt.formats.torch", "PyTorch (eager)", ("cpu",), ("cpu",)),
 ]}
 
 

@@ -54,7 +54,10 @@ def of(meta: variant.VariantMeta) -> ModuleType:
 def has(meta: variant.VariantMeta, capability: str) -> bool:
     """Can `capability` (prune, distill, qat, fine_tune, tflite) run on the model behind `meta`?"""
     try:
-        return capability in of(meta).CAPABILITIES
+        adapter = of(meta)
+        # an adapter whose models differ (torch: kfopt's own module vs a brought program) says per variant
+        caps = adapter.capabilities(meta) if hasattr(adapter, "capabilities") else adapter.CAPABILITIES
+        return capability in caps
     except (ArtifactError, ModelError):
         return False
 

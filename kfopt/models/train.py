@@ -81,7 +81,7 @@ def curves_html(history: dict[str, list[float]]) -> str:
 
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", model_uri: str = "",
         epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3, patience: int = 4,
-        mixed_precision: str = "none", seed: int = 1, width: float = 1.0) -> dict[str, Any]:
+        mixed_precision: str = "none", seed: int = 1, width: float = 1.0, framework: str = "keras") -> dict[str, Any]:
     from kfopt.formats import savedmodel
     from kfopt.tfenv import keras
 
@@ -89,6 +89,12 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
         from kfopt.models import existing  # optimize a model the user already trained
 
         return existing.run(dataset_dir, out_dir, model_uri=model_uri)
+    if framework == "torch":
+        from kfopt.models import torch_train
+
+        return torch_train.run(dataset_dir, out_dir, architecture=architecture, epochs=epochs, batch_size=batch_size,
+                               learning_rate=learning_rate, patience=patience, mixed_precision=mixed_precision,
+                               seed=seed, width=width)
 
     if mixed_precision not in ("none", "mixed_bfloat16", "mixed_float16"):
         raise ConfigError(f"mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {mixed_precision!r}.")

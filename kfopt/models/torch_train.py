@@ -1,0 +1,51 @@
+"""The train stage for `model.framework: torch`: build kfopt's torch architecture, fit it, write the baseline.
+
+Training goes through the torch adapter's fine_tune (Adam, early stopping on validation loss with the
+best weights restored, seeded; `mixed_bfloat16` is bf16 autocast on the CPU). The weights stay float32
+under autocast, so the baseline is a float32 `.pt2` (format "torch", runtime "torch") with a dynamic
+batch dimension, the "as trained" row that every variant is measured against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kfopt import variant
+from kfopt.data import dataset as ds_mod
+from kfopt.errors import ConfigError
+
+MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
+
+
+def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, batch_size: int, learning_rate: float,
+        patience: int, mixed_precision: str = "none", seed: int = 1, width: float = 1.0) -> dict[str, Any]:
+    import torch
+
+    from kfopt import verify
+    from kfopt.frameworks import torch as adapter
+    from kfopt.models import torch_architectures
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}.")
+    torch_architectures.check(architecture)
+    ds = ds_mod.read(dataset_dir)
+    torch.manual_seed(seed)
+    model = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
+    curves = adapter.fine_tune(model, ds, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                               patience=patience, seed=seed, mixed_precision=mixed_precision)
+    x, y = ds.split("test")
+    test = verify.quality(adapter.predict(model, x), y, ds.schema.task)
+    parameters = sum(int(p.numel()) for p in model.parameters())
+    in_spec, out_spec = adapter.io_specs(ds.schema)
+    meta = variant.VariantMeta(
+        name="baseline", format=adapter.FORMAT, precision="fp32", target="cpu", input=in_spec, output=out_spec,
+        task=ds.schema.task, framework=adapter.NAME, runtime=adapter.RUNTIME, technique="train",
+        params={"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
+                "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
+        extra={"parameters": parameters, "test_accuracy": float(test["accuracy"]), "torch": torch.__version__})
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        adapter.save(model, tmp)
+        variant.write(tmp, meta)
+    return {"test_accuracy": float(test["accuracy"]), "epochs": len(curves["loss"]),
+            "final_val_accuracy": curves["val_accuracy"][-1], "parameters": parameters, "history": curves}
