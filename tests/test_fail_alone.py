@@ -85,7 +85,7 @@ def _truncated_onnx_exports(hostile, tmp_path) -> Path:
     return tmp_path / "exports"
 
 
-CASES = {  # stage → (settings that keep it short, the error it meets, the inputs it takes)
+CASES = {  # stage → (settings that keep it short, the exception it meets)
     "export": ({}, "ConverterError"),
     "quantize": ({"qat": False, "calibration_samples": 32}, "ConverterError"),
     "prune": ({"sparsities": [0.5], "epochs": 2, "calibration_samples": 32}, "ConverterError"),
@@ -172,9 +172,9 @@ def test_benchmark_and_report_show_failed_rows_and_never_choose_them(hostile, fa
     roots = [hostile / "baseline"] + [folder for folder, _, _ in failed_sets.values()]
     rows = []
     for hardware in ("cpu", "gpu"):
-        summary = bench.run(roots, hostile / "dataset", tmp_path / f"bench_{hardware}", baseline_dir=hostile / "baseline",
-                            batch_sizes=[1], warmup=2, min_runs=5, max_seconds=0.1, hardware=hardware,
-                            log=lambda line: None)
+        summary = bench.run(roots, hostile / "dataset", tmp_path / f"bench_{hardware}",
+                            baseline_dir=hostile / "baseline", batch_sizes=[1], warmup=2, min_runs=5,
+                            max_seconds=0.1, hardware=hardware, log=lambda line: None)
         rows += summary["results"]
     failed = {r["name"]: r for r in rows if r["status"] == "failed"}
     assert set(failed) == set(CASES)  # once each (by the cpu benchmark), not once per hardware
