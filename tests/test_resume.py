@@ -64,6 +64,9 @@ def _cached_uris(cache: Path) -> list[str]:
 
 
 def test_sigkill_mid_write_then_rerun_resumes_from_the_cache(tmp_path, capsys):
+    from pipelines.kfopt_pipeline import code_version  # part of every cache key
+
+    version = code_version()
     runs = tmp_path / "runs"
     first = _kfopt(runs, start_new_session=True)  # its own process group: the kill takes every task with it
     partial = _wait_for_partial(runs, first)
@@ -92,6 +95,8 @@ def test_sigkill_mid_write_then_rerun_resumes_from_the_cache(tmp_path, capsys):
     assert "is still running" in capsys.readouterr().err
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
+    if code_version() != version:
+        pytest.skip("kfopt's code changed while this test ran (a shared working tree), so no cache key matches")
     assert f"run {crashed.name} was stopped before it finished; removed 1 partial output(s)" in out
     for task in finished:
         assert f"Task '{task}' cache hit" in out, (task, out)
