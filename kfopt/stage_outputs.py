@@ -8,6 +8,7 @@ logged to a `metrics` output (if they have one) and their scalar results on the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ def after(stage: str, main: str, result: dict[str, Any], artifacts: dict[str, An
         out = Path(artifacts["report_dir"].path)
         shutil.copy(out / "report.md", artifacts["markdown"].path)
         shutil.copy(out / "report.html", artifacts["html"].path)
-        if result.get("confusion"):
-            artifacts["confusion"].log_confusion_matrix(result["confusion"]["labels"], result["confusion"]["matrix"])
+        confusion = result.get("confusion") or {}
+        if confusion:
+            artifacts["confusion"].log_confusion_matrix(confusion["labels"], confusion["matrix"])
+        # kfp.local counts a cached task as complete only if every output has a file, metadata-only ones too
+        Path(artifacts["confusion"].path).write_text(json.dumps(confusion))
         from kfopt.report import kfp_metrics
 
         log_metrics(artifacts["metrics"], kfp_metrics(result))
