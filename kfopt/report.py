@@ -225,11 +225,12 @@ def technique_details(report: dict[str, Any]) -> list[str]:
         fallback = _maybe_json(extra.get("fallback"))
         if isinstance(fallback, dict):
             kept = ", ".join(fallback.get("float_layers") or []) or "none"
-            out.append(f"{r['name']}: int8 checked on the {fallback.get('checked_on', 'validation split')}; "
+            out.append(f"{r['name']}: int8 in-stage check on the {fallback.get('checked_on', 'validation split')}; "
                        f"{len(fallback.get('attempts', []))} attempt(s); kept in float: {kept}")
-        if isinstance(extra.get("gate"), dict):
-            out.append(f"{r['name']}: in-stage check against its float parent on the validation split: "
-                       f"{extra['gate'].get('reason')}")
+        check = _maybe_json(extra.get("in_stage_check"))
+        if isinstance(check, dict) and not isinstance(fallback, dict):
+            out.append(f"{r['name']}: in-stage check against the baseline on the validation split "
+                       f"({check.get('budget_left_pp', '?')} pp of the budget left): {check.get('reason')}")
         if "teacher_parameters" in extra:
             out.append(f"{r['name']}: {extra['parameters']:,} parameters vs the teacher's {extra['teacher_parameters']:,}")
         if "builder" in extra:

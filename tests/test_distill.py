@@ -6,7 +6,7 @@ import pytest
 from kfopt import bench, formats, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
-from kfopt.formats import savedmodel
+from kfopt.frameworks import keras as keras_adapter
 from kfopt.optimize import distill
 
 
@@ -36,7 +36,7 @@ def test_binary_student(cancer_small, tmp_path):
 
 
 def test_student_layers_are_scaled_and_the_output_kept(digits_small):
-    teacher = savedmodel.load_keras(digits_small["baseline"])
+    teacher = keras_adapter.load(digits_small["baseline"])
     student = distill.student_like(teacher, 0.25)
     widths = [(t.get_config().get("filters") or t.get_config().get("units"),
                s.get_config().get("filters") or s.get_config().get("units")) for t, s in zip(teacher.layers,

@@ -101,9 +101,9 @@ def test_only_layers_with_prunable_kernels_are_wrapped(preprocessing_model):
     meta = variant.read(root / "pruned" / "pruned_50")
     assert sorted(meta.extra["sparsity"]["layers"]) == ["conv", "head"]
     assert all(s == pytest.approx(0.5, abs=0.01) for s in meta.extra["sparsity"]["layers"].values())
-    from kfopt.formats import savedmodel
+    from kfopt.frameworks import keras as keras_adapter
 
-    kinds = [type(layer).__name__ for layer in savedmodel.load_keras(root / "pruned" / "pruned_50").layers]
+    kinds = [type(layer).__name__ for layer in keras_adapter.load(root / "pruned" / "pruned_50").layers]
     assert {"Rescaling", "Normalization", "BatchNormalization"} <= set(kinds)  # left in place, unwrapped
     assert variant.read(root / "pruned" / "pruned_50_tflite_int8").precision == "int8"
     x, y = ds_mod.read(root / "dataset").split("test")

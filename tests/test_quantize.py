@@ -12,9 +12,10 @@ import pytest
 
 from kfopt import bench, formats, variant, verify
 from kfopt.data import dataset as ds_mod
-from kfopt.formats import savedmodel
+from kfopt.frameworks import keras as keras_adapter
 from kfopt.formats import tflite as tflite_fmt
-from kfopt.optimize import gate, quantize
+from kfopt.optimize import quantize
+from kfopt.passes import check
 
 NAMES = {"tflite_dynamic", "tflite_fp16", "tflite_int8", "onnx_int8", "onnx_int8_trt", "tflite_qat_int8"}
 BUDGET_PP = 2.0  # two test samples of 100
@@ -41,7 +42,7 @@ def test_every_quantized_variant_runs_and_stays_within_budget(quantized, digits_
     assert set(dirs) == NAMES and metrics["variants"] == len(NAMES)
     for name, vdir in dirs.items():
         meta = variant.read(vdir)
-        assert meta.parent == "baseline" and meta.status == "ok"
+        assert meta.parent == ("onnx_fp32" if meta.format == "onnx" else "baseline") and meta.status == "ok"
         probs, check = _evaluate(vdir, digits_small["dataset"], digits_small["baseline"])
         assert probs.dtype == np.float32 and probs.shape[1] == 10  # float probabilities from every runner
         assert np.allclose(probs.sum(axis=1), 1, atol=0.05), name
@@ -57,11 +58,11 @@ def test_full_int8_tflite_has_int8_io_and_is_3_5x_smaller(quantized, digits_smal
     assert meta.input.dtype == meta.output.dtype == "int8"
     assert meta.input.scale > 0 and meta.output.scale > 0 and meta.input.zero_point is not None
     assert meta.params["calibration_samples"] == 100
-    fp32 = tflite_fmt.convert(savedmodel.load_keras(digits_small["baseline"]))
+    fp32 = tflite_fmt.convert(keras_adapter.load(digits_small["baseline"]))
     int8 = (out / "tflite_int8" / tflite_fmt.FILENAME).stat().st_size
     assert len(fp32) / int8 >= 3.5
     qat = variant.read(out / "tflite_qat_int8")
-    assert qat.technique == "qat" and qat.input.dtype == "int8" and "gate" in qat.extra
+    assert qat.technique == "qat" and qat.input.dtype == "int8" and "in_stage_check" in qat.extra
 
 
 def test_onnx_variants_are_qdq_and_the_trt_one_is_symmetric_with_float_bias(quantized):
@@ -106,7 +107,7 @@ def _outlier_baseline(digits_small, out):
     """The same function in float, hostile to int8: one conv1 channel scaled by 1000 (and conv2's weights
     reading it divided by 1000; ReLU and max-pooling commute with a positive scale), so that channel's
     range swamps the shared activation scale and the other channels round to zero in int8."""
-    model = savedmodel.load_keras(digits_small["baseline"])
+    model = keras_adapter.load(digits_small["baseline"])
     conv1, conv2 = [layer for layer in model.layers if "conv" in layer.name][:2]
     (k1, b1), (k2, b2) = conv1.get_weights(), conv2.get_weights()
     k1[..., 0] *= 1000
@@ -114,7 +115,7 @@ def _outlier_baseline(digits_small, out):
     k2[:, :, 0, :] /= 1000
     conv1.set_weights([k1, b1])
     conv2.set_weights([k2, b2])
-    savedmodel.save(model, out)
+    keras_adapter.save(model, out)
     variant.write(out, variant.read(digits_small["baseline"]))
     return out
 
@@ -149,17 +150,17 @@ def test_fallback_keeps_layers_in_float_and_saves_the_best(digits_small, tmp_pat
 def test_calibration_count_larger_than_the_train_split_is_clamped_with_a_warning(digits_small):
     ds = ds_mod.read(digits_small["dataset"])
     with pytest.warns(UserWarning, match="calibrating on all"):
-        samples = gate.calibration_set(ds, 10**6)
+        samples = check.calibration_set(ds, 10**6)
     assert len(samples) == len(ds.split("train")[0])
-    assert len(gate.calibration_set(ds, 7)) == 7  # samples, not batches
+    assert len(check.calibration_set(ds, 7)) == 7  # samples, not batches
 
 
 def test_selective_quantization_really_keeps_the_layer_in_float(digits_small):
     from ai_edge_litert.interpreter import Interpreter
 
-    model = savedmodel.load_keras(digits_small["baseline"])
-    samples = gate.calibration_set(ds_mod.read(digits_small["dataset"]), 32)
-    maker = quantize.TFLiteInt8(model, samples)
+    model = keras_adapter.load(digits_small["baseline"])
+    samples = check.calibration_set(ds_mod.read(digits_small["dataset"]), 32)
+    maker = tflite_fmt.Int8Converter(model, samples)
     worst = maker.rank()[0][0]
     interp = Interpreter(model_content=maker.convert([worst]))
     float_outputs = [interp._get_tensor_details(op["outputs"][0], 0)["dtype"] for op in interp._get_ops_details()
@@ -173,4 +174,4 @@ def test_switched_off_writes_skipped_variants_with_the_reason(digits_small, tmp_
     assert quantize.run(digits_small["baseline"], digits_small["dataset"], out, enabled=False) == {"variants": 0}
     metas = [variant.read(d) for d in variant.discover(out)]
     assert {m.name for m in metas} == NAMES
-    assert all(m.skipped and m.reason == gate.SWITCHED_OFF for m in metas)
+    assert all(m.skipped and m.reason == check.SWITCHED_OFF for m in metas)

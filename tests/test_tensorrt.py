@@ -273,7 +273,7 @@ def test_stage_row_for_a_graph_that_cannot_go_float16(quantized, tmp_path, monke
     src = tmp_path / "exports" / "onnx_fp32"
     shutil.copytree(quantized / "onnx_int8_trt", src)
     meta = variant.read(src)
-    meta.name = "onnx_fp32"
+    meta.name, meta.precision = "onnx_fp32", "fp32"  # the stage finds its source by kfopt.json, not by name
     variant.write(src, meta)
     tensorrt_stage.run(tmp_path / "exports", tmp_path / "set", **PROFILE)
     fp16 = variant.read(tmp_path / "set" / "trt_fp16")

@@ -24,6 +24,8 @@ from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import tensorrt as trt_fmt
 
 TECHNIQUE = "tensorrt"
+#: the engines this stage builds: name → precision
+ENGINES = {"trt_fp16": "fp16", "trt_int8": "int8"}
 
 
 def _find(root: Path | None, match: Callable[[variant.VariantMeta], bool]) -> tuple[Path, variant.VariantMeta] | None:
@@ -37,22 +39,24 @@ def _find(root: Path | None, match: Callable[[variant.VariantMeta], bool]) -> tu
 
 
 def _sources(exports_dir: Path, quantized_dir: Path | None) -> dict[str, Any]:
-    """name → (source dir, meta) or the reason there is no usable source."""
-    fp32 = _find(exports_dir, lambda m: m.name == "onnx_fp32")
-    # The quantize stage's onnx_int8_trt by name too, so that its skip reason (switched off, missed the
-    # accuracy gate) carries over.
-    int8 = _find(quantized_dir, lambda m: m.format == "onnx" and (bool(m.extra.get("tensorrt_ready"))
-                                                                  or m.name == "onnx_int8_trt"))
+    """name → (source dir, meta) or the reason there is no usable source, found by kfopt.json, not by name.
+
+    trt_fp16 takes the exports' ONNX fp32 variant; trt_int8 the quantize stage's ONNX variant marked
+    `tensorrt_ready` (symmetric QDQ), which carries the mark even when it was skipped, so that its
+    reason (switched off, missed its in-stage check) carries over.
+    """
+    fp32 = _find(exports_dir, lambda m: m.format == "onnx" and m.precision == "fp32")
+    int8 = _find(quantized_dir, lambda m: m.format == "onnx" and bool(m.extra.get("tensorrt_ready")))
     out: dict[str, Any] = {}
     for name, found, missing in (
-        ("trt_fp16", fp32, "no onnx_fp32 variant among the exports"),
+        ("trt_fp16", fp32, "no ONNX fp32 variant among the exports"),
         ("trt_int8", int8, "no TensorRT-ready int8 variant was given (the quantize stage's symmetric-QDQ "
                            "onnx_int8_trt)"),
     ):
         if found is None:
             out[name] = missing
-        elif found[1].skipped:
-            out[name] = f"its source {found[1].name} was skipped: {found[1].reason}"
+        elif found[1].status != "ok":
+            out[name] = f"its source {found[1].name} was {found[1].status}: {found[1].reason}"
         else:
             out[name] = found
     return out
@@ -77,7 +81,7 @@ def _build_one(name: str, src_dir: Path, src: variant.VariantMeta, vdir: Path, t
                settings: dict[str, Any], cache: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Build one engine into vdir; write its variant (ok, or skipped with the proof or the parse report)."""
     variant.read(src_dir)  # checksums of the source, before anything is built from it
-    precision = "fp16" if name == "trt_fp16" else "int8"
+    precision = ENGINES[name]
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(src_dir) / onnx_fmt.FILENAME
@@ -128,7 +132,7 @@ def run(exports_dir: Path, out_dir: Path, *, quantized_dir: Path | None = None, 
     with variant.staged_dir(Path(out_dir)) as tmp:
         for name, source in sources.items():
             vdir = tmp / name
-            precision = name.split("_")[1]
+            precision = ENGINES[name]
             if not (enabled and wanted[name]):
                 reason = f"switched off by a pipeline parameter ({'tensorrt_enabled' if not enabled else 'tensorrt_' + precision})"
             elif isinstance(source, str):

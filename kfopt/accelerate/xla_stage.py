@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kfopt import formats, variant
+from kfopt import formats, frameworks, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError
 from kfopt.export import child_meta
-from kfopt.formats import savedmodel
 from kfopt.formats import xla as xla_fmt
 
 NAME = "xla"
@@ -48,6 +47,14 @@ def check_against_baseline(variant_dir: Path, meta: variant.VariantMeta, baselin
             "seconds": round(seconds, 3)}
 
 
+def why_not(parent: variant.VariantMeta) -> str | None:
+    """XLA programs are traced from a model TensorFlow runs (kfopt.json's runtime), or None if it is one."""
+    if parent.runtime == "tensorflow":
+        return None
+    return (f"XLA programs are traced from a TensorFlow model; this baseline is a {parent.framework} model run by "
+            f"{parent.runtime or 'an unknown runtime'}")
+
+
 def run(dataset_dir: Path, baseline_dir: Path, out_dir: Path, *, enabled: bool = True,
         batch_sizes: tuple[int, ...] = (1, 64), log: Callable[[str], None] = print) -> dict[str, Any]:
     batch_sizes = list(batch_sizes)
@@ -56,13 +63,14 @@ def run(dataset_dir: Path, baseline_dir: Path, out_dir: Path, *, enabled: bool =
     parent = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp:
         vdir = tmp / NAME
-        if not enabled:
-            variant.write_skipped(vdir, NAME, "xla", "tpu", "switched off by a pipeline parameter (xla_enabled)",
-                                  technique="xla", parent=parent.name, precision=parent.precision)
+        reason = "switched off by a pipeline parameter (xla_enabled)" if not enabled else why_not(parent)
+        if reason:
+            variant.write_skipped(vdir, NAME, "xla", "tpu", reason, technique="xla", parent=parent.name,
+                                  precision=parent.precision)
             return {"xla_built": False}
         device, where = xla_fmt.tpu_device()
         start = time.perf_counter()
-        model = savedmodel.load_keras(baseline_dir)
+        model = frameworks.of(parent).load(baseline_dir)
         programs = xla_fmt.export(model, vdir, batch_sizes, parent.input, parent.output.name)
         meta = child_meta(parent, NAME, format="xla", runtime="xla", technique="xla", target="tpu",
                           params={"batch_sizes": sorted(set(batch_sizes))},

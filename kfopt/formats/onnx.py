@@ -1,4 +1,4 @@
-"""ONNX: float32 export from tf-keras (tf2onnx) and an ONNX Runtime runner.
+"""ONNX: writing an ONNX variant (from any adapter's export_onnx or a pass) and the ONNX Runtime runner.
 
 Quantized ONNX variants (QDQ) keep float input and output, so one runner serves them all.
 """
@@ -12,17 +12,6 @@ import numpy as np
 from kfopt import variant
 
 FILENAME = "model.onnx"
-
-
-def from_keras(model, input_spec: variant.TensorSpec, opset: int = 17):
-    """tf2onnx conversion with a dynamic batch; returns the onnx.ModelProto."""
-    import tf2onnx
-
-    from kfopt.tfenv import tf
-
-    signature = (tf().TensorSpec([None, *input_spec.shape[1:]], tf().float32, name=input_spec.name),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    return proto
 
 
 def write_variant(proto, out_dir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:

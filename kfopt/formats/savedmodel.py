@@ -1,4 +1,8 @@
-"""TensorFlow SavedModel: the baseline's format (also loadable back as a tf-keras model)."""
+"""TensorFlow SavedModel: the format of a Keras baseline, run through its one serving signature.
+
+kfopt.frameworks.keras writes it (and loads the Keras object back for the techniques that need it);
+this module only runs it.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,6 @@ import numpy as np
 from kfopt import variant
 
 DIRNAME = "saved_model"
-
-
-def save(model, variant_dir: Path) -> Path:
-    """Save a tf-keras model as a SavedModel under variant_dir/saved_model.
-
-    One serving signature (input "input", output "output", dynamic batch) is traced instead of every
-    layer's call function (save_traces=False): Keras rebuilds the model from its config on load, so
-    nothing is lost, and saving a MobileNetV2 takes ~2 s instead of ~8 s (loading ~1 s instead of ~3 s).
-    """
-    from kfopt.tfenv import tf
-
-    t = tf()
-    path = Path(variant_dir) / DIRNAME
-    spec = t.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype, name="input")
-    serving = t.function(lambda input: {"output": model(input, training=False)}).get_concrete_function(spec)
-    model.save(str(path), save_format="tf", include_optimizer=False, save_traces=False,
-               signatures={"serving_default": serving})
-    return path
-
-
-def load_keras(variant_dir: Path):
-    """The tf-keras model back, for optimization stages (tfmot needs the Keras object)."""
-    from kfopt.tfenv import keras
-
-    return keras().models.load_model(str(Path(variant_dir) / DIRNAME), compile=False)
 
 
 class SavedModelRunner:

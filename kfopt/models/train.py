@@ -1,38 +1,20 @@
-"""The train stage: fit a tf-keras model on the Dataset artifact and write the baseline variant."""
+"""The train stage: build one of kfopt's own architectures, fit it on the Dataset artifact, write the baseline.
+
+kfopt's architectures are tf-keras models (kfopt.models.architectures), so building them and their
+mixed-precision policy is Keras code; fitting, saving and the tensor specs go through the Keras
+adapter (kfopt.frameworks.keras), like every other stage's handling of a baseline. A model the user
+brings goes to kfopt.models.existing instead.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kfopt import variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError
 from kfopt.models.architectures import build
-
-
-def compile_model(model, task: str, learning_rate: float) -> None:
-    from kfopt.tfenv import keras
-
-    k = keras()
-    loss = "binary_crossentropy" if task == "binary" else "sparse_categorical_crossentropy"
-    model.compile(optimizer=k.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
-
-
-def fit(model, ds: ds_mod.Dataset, *, epochs: int, batch_size: int, learning_rate: float, patience: int,
-        seed: int, extra_callbacks: list | None = None) -> dict[str, list[float]]:
-    """Train with early stopping on validation loss (best weights restored); return the curves."""
-    from kfopt.tfenv import keras
-
-    k = keras()
-    compile_model(model, ds.schema.task, learning_rate)
-    (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
-    stop = k.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    history = model.fit(xt, yt, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, verbose=0,
-                        shuffle=True, callbacks=[stop, *(extra_callbacks or [])])
-    return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
 def float32_copy(model, architecture: str, schema: ds_mod.Schema, width: float = 1.0):
@@ -47,12 +29,6 @@ def float32_copy(model, architecture: str, schema: ds_mod.Schema, width: float =
     twin = build(architecture, schema.feature_shape, schema.num_classes, width)
     twin.set_weights(model.get_weights())
     return twin
-
-
-def input_output_specs(schema: ds_mod.Schema) -> tuple[variant.TensorSpec, variant.TensorSpec]:
-    out_units = 1 if schema.task == "binary" else schema.num_classes
-    return (variant.TensorSpec("input", [None, *schema.feature_shape], "float32"),
-            variant.TensorSpec("output", [None, out_units], "float32"))
 
 
 def curves_html(history: dict[str, list[float]]) -> str:
@@ -82,7 +58,7 @@ def curves_html(history: dict[str, list[float]]) -> str:
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", model_uri: str = "",
         epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3, patience: int = 4,
         mixed_precision: str = "none", seed: int = 1, width: float = 1.0, framework: str = "keras") -> dict[str, Any]:
-    from kfopt.formats import savedmodel
+    from kfopt.frameworks import keras as adapter
     from kfopt.tfenv import keras
 
     if model_uri:
@@ -102,22 +78,22 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
     keras().utils.set_random_seed(seed)
     keras().mixed_precision.set_global_policy("float32" if mixed_precision == "none" else mixed_precision)
     model = build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
-    curves = fit(model, ds, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                 patience=patience, seed=seed)
+    curves = adapter.fine_tune(model, ds, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                               patience=patience, seed=seed)
     if mixed_precision != "none":
         model = float32_copy(model, architecture, ds.schema, width)
-        compile_model(model, ds.schema.task, learning_rate)
+        adapter.compile_for(model, ds.schema.task, learning_rate)
     xt, yt = ds.split("test")
     test_loss, test_acc = model.evaluate(xt, yt, verbose=0)
-    in_spec, out_spec = input_output_specs(ds.schema)
+    in_spec, out_spec = adapter.io_specs(ds.schema)
     meta = variant.VariantMeta(
-        name="baseline", format="savedmodel", precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework="keras", runtime="tensorflow", technique="train",
+        name="baseline", format=adapter.FORMAT, precision="fp32", target="cpu", input=in_spec, output=out_spec,
+        task=ds.schema.task, framework=adapter.NAME, runtime=adapter.RUNTIME, technique="train",
         params={"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
                 "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
         extra={"parameters": int(model.count_params()), "test_accuracy": float(test_acc)})
     with variant.staged_dir(Path(out_dir)) as tmp:
-        savedmodel.save(model, tmp)
+        adapter.save(model, tmp)
         variant.write(tmp, meta)
     return {"test_accuracy": float(test_acc), "test_loss": float(test_loss), "epochs": len(curves["loss"]),
             "final_val_accuracy": curves["val_accuracy"][-1], "parameters": int(model.count_params()),

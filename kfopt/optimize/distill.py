@@ -14,28 +14,37 @@ in softmax/sigmoid). The teacher's probabilities on the training split are compu
 weights with the best validation accuracy are kept. Variants:
 
     student              fp32 SavedModel
-    student_tflite_int8  its full-integer int8 TFLite, through the same fallback as tflite_int8
+    student_tflite_int8  its full-integer int8 TFLite: the passes the stage's CHAIN declares
+
+Distillation needs the teacher's own code: the baseline's framework (kfopt.json) must have the
+"distill" capability, and the student is derived from a Keras layer graph (a model of another
+framework gets skipped variants with the reason). The student's in-stage check against the baseline
+is recorded in its kfopt.json, so the int8 pass that follows has only the rest of the budget.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kfopt import variant
+from kfopt import frameworks, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
-from kfopt.formats import savedmodel
 from kfopt.optimize import channels, checks
-from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, probabilities, write_skipped
-from kfopt.optimize.quantize import write_tflite_int8
+from kfopt.passes import FINE_TUNE_BATCH, tflite_int8
+from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
 
 VARIANTS = [("student", "savedmodel", "cpu"), ("student_tflite_int8", "tflite", "edge")]
+#: the passes that follow the student (kfopt.passes.follow)
+CHAIN = (("tflite_int8",),)
+#: the frameworks whose layer graph a student is derived from here
+DISTILLS = ("keras",)
 LEARNING_RATE = 1e-3
 EPS = 1e-7
 
@@ -124,13 +133,14 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
                   seed: int = 1):
     """Train the student; returns (student with its best validation weights, history)."""
     from kfopt import verify
+    from kfopt.frameworks import keras as adapter
     from kfopt.tfenv import keras, tf
 
     t, k = tf(), keras()
     k.utils.set_random_seed(seed)
     student = student_like(teacher, width)
     (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
-    teacher_probs = probabilities(teacher, xt)
+    teacher_probs = adapter.predict(teacher, xt)
     data = (t.data.Dataset.from_tensor_slices((xt, yt, teacher_probs)).shuffle(len(xt), seed=seed)
             .batch(FINE_TUNE_BATCH))
     optimizer = k.optimizers.Adam(LEARNING_RATE)
@@ -147,7 +157,7 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
     best, best_weights = -1.0, student.get_weights()
     for _ in range(epochs):
         losses = [float(step(x, y, tp)) for x, y, tp in data]
-        acc = verify.quality(probabilities(student, xv), yv, ds.schema.task)["accuracy"]
+        acc = verify.quality(adapter.predict(student, xv), yv, ds.schema.task)["accuracy"]
         history["loss"].append(float(np.mean(losses)))
         history["val_accuracy"].append(acc)
         if acc > best:
@@ -156,42 +166,51 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
     return student, history
 
 
+def why_not(parent: variant.VariantMeta) -> str | None:
+    """Why no student can be distilled here from this baseline, from its kfopt.json."""
+    lacking = passes.lacks(parent, "distill")
+    if lacking or parent.framework in DISTILLS:
+        return lacking
+    return f"kfopt derives students from {'/'.join(DISTILLS)} layer graphs; this model is {parent.framework}"
+
+
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
         temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
     checks.distill(student_width, temperature, alpha, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
+    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples)}
     parent = variant.read(baseline_dir)
-    with variant.staged_dir(Path(out_dir)) as tmp:
-        if not enabled:
-            write_skipped(tmp, VARIANTS, SWITCHED_OFF, "distill", parent.name)
+    with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        reason = SWITCHED_OFF if not enabled else why_not(parent)
+        if reason:
+            write_skipped(tmp, VARIANTS, reason, "distill", parent.name)
             return {"variants": 0}
-        teacher = savedmodel.load_keras(baseline_dir)
-        why_not = subclassed(teacher)
-        if why_not:
-            write_skipped(tmp, VARIANTS, why_not, "distill", parent.name)
+        adapter = frameworks.of(parent)
+        teacher = adapter.load(baseline_dir)
+        reason = subclassed(teacher)
+        if reason:
+            write_skipped(tmp, VARIANTS, reason, "distill", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        samples = calibration_set(ds, calibration_samples)
+        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
+                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
         start = time.perf_counter()
         student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
                                          epochs=epochs)
         from kfopt import verify
 
         xt, yt = ds.split("test")
-        test_acc = verify.quality(probabilities(student, xt), yt, ds.schema.task)["accuracy"]
+        test_acc = verify.quality(adapter.predict(student, xt), yt, ds.schema.task)["accuracy"]
         meta = child_meta(parent, "student", technique="distill", params={
             "student_width": student_width, "temperature": temperature, "alpha": alpha, "epochs": epochs,
             "learning_rate": LEARNING_RATE}, extra={
             "parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
             "test_accuracy": test_acc, "best_val_accuracy": max(history["val_accuracy"]), "history": history})
-        savedmodel.save(student, tmp / "student")
-        meta = variant.write(tmp / "student", meta)
+        adapter.save(student, tmp / "student")
+        variant.write(tmp / "student", meta)
+        ctx.check.record(tmp / "student")
         seconds = round(time.perf_counter() - start, 2)
-        gate = Gate.for_model(student, ds, accuracy_budget, min_agreement)
-        write_tflite_int8(student, meta, "student_tflite_int8", tmp / "student_tflite_int8", samples, gate,
-                          fallback_max_attempts, technique="distill+quantize",
-                          params={"student_width": student_width,
-                                  "calibration_samples_requested": calibration_samples})
+        made = passes.follow(CHAIN, tmp / "student", tmp, ctx, configs)
     return {"student_parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
-            "student_test_accuracy": test_acc, "distill_seconds": seconds, "variants": 2}
+            "student_test_accuracy": test_acc, "distill_seconds": seconds, "variants": 1 + len(made)}

@@ -1,4 +1,4 @@
-"""The prune stage: tfmot magnitude pruning to each target sparsity, then the same int8 chain.
+"""The prune stage: tfmot magnitude pruning to each target sparsity, then the passes its CHAIN declares.
 
 For each sparsity s: prune_low_magnitude with a PolynomialDecay schedule from 0 to s, fine-tuned on
 the training split. tfmot updates masks only on steps that are multiples of `frequency` up to
@@ -12,24 +12,34 @@ sparsity:
 
     pruned_<NN>              fp32 SavedModel, sparsity per layer and overall in kfopt.json
     pruned_<NN>_tflite_int8  its full-integer int8 TFLite (the size win multiplies after gzip)
+
+Pruning needs the model's own code: the baseline's framework (kfopt.json) must have the "prune"
+capability, and tfmot prunes Keras models (a model of another framework gets skipped variants with
+the reason). Each pruned model's in-stage check against the baseline is recorded in its kfopt.json,
+so the int8 pass that follows it has only the rest of the accuracy budget.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kfopt import variant
+from kfopt import frameworks, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
-from kfopt.formats import savedmodel
 from kfopt.optimize import checks
-from kfopt.optimize.gate import FINE_TUNE_BATCH, SWITCHED_OFF, Gate, calibration_set, write_skipped
-from kfopt.optimize.quantize import write_tflite_int8
+from kfopt.passes import FINE_TUNE_BATCH, tflite_int8
+from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
+
+#: the passes that follow each pruned fp32 model (kfopt.passes.follow)
+CHAIN = (("tflite_int8",),)
+#: the frameworks this stage's pruner (tfmot) handles
+PRUNES = ("keras",)
 
 LEARNING_RATE = 1e-3  # Adam's default: the surviving weights must move to make up for the removed ones
 MASK_UPDATES = 10  # pruning steps of the schedule, evenly spaced up to end_step
@@ -76,11 +86,9 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
     """Fine-tune with magnitude pruning to `sparsity`; returns (stripped model, schedule, pruned layers)."""
     import tensorflow_model_optimization as tfmot
 
-    from kfopt.models.train import compile_model
-    from kfopt.tfenv import keras
+    from kfopt.frameworks import keras as adapter
 
-    keras().utils.set_random_seed(seed)
-    xt, yt = ds.split("train")
+    xt, _ = ds.split("train")
     steps = schedule_steps(len(xt), epochs)
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
                                                     end_step=steps["end_step"], frequency=steps["frequency"])
@@ -94,9 +102,8 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
     if not pruned_layers:
         raise ModelError("The model has no layer whose weights tfmot can prune (Conv, Dense, DepthwiseConv2D, "
                          "Embedding, recurrent); switch pruning off (prune_enabled=false).")
-    compile_model(wrapped, ds.schema.task, LEARNING_RATE)
-    wrapped.fit(xt, yt, epochs=epochs, batch_size=FINE_TUNE_BATCH, shuffle=True, verbose=0,
-                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    adapter.fine_tune(wrapped, ds, epochs=epochs, learning_rate=LEARNING_RATE, batch_size=FINE_TUNE_BATCH, seed=seed,
+                      callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(wrapped), steps, pruned_layers
 
 
@@ -122,41 +129,54 @@ def _with_sizes(vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
     return variant.write(vdir, meta)
 
 
+def _names(sparsities: list[float]) -> list[tuple[str, str, str]]:
+    return [(n, fmt, tgt) for n in map(checks.pruned_name, sparsities)
+            for n, fmt, tgt in ((n, "savedmodel", "cpu"), (f"{n}_tflite_int8", "tflite", "edge"))]
+
+
+def why_not(parent: variant.VariantMeta) -> str | None:
+    """Why this baseline cannot be pruned here, from its kfopt.json (framework and its capabilities)."""
+    lacking = passes.lacks(parent, "prune")
+    if lacking or parent.framework in PRUNES:
+        return lacking
+    return f"kfopt prunes with tfmot, which takes {'/'.join(PRUNES)} models; this one is {parent.framework}"
+
+
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
         sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
     sparsities = [float(s) for s in sparsities]
     checks.prune(sparsities, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
+    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples)}
     parent = variant.read(baseline_dir)
     metrics: dict[str, Any] = {}
-    with variant.staged_dir(Path(out_dir)) as tmp:
-        if not enabled:
-            names = [(n, fmt, tgt) for n in map(checks.pruned_name, sparsities)
-                     for n, fmt, tgt in ((n, "savedmodel", "cpu"), (f"{n}_tflite_int8", "tflite", "edge"))]
-            write_skipped(tmp, names, SWITCHED_OFF, "prune", parent.name)
+    with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        reason = SWITCHED_OFF if not enabled else why_not(parent)
+        if reason:
+            write_skipped(tmp, _names(sparsities), reason, "prune", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        samples = calibration_set(ds, calibration_samples)
+        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
+                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        adapter = frameworks.of(parent)
         for sparsity in sparsities:
             name = checks.pruned_name(sparsity)
             start = time.perf_counter()
-            model, steps, pruned_layers = prune_model(savedmodel.load_keras(baseline_dir), ds, sparsity, epochs)
+            model, steps, pruned_layers = prune_model(adapter.load(baseline_dir), ds, sparsity, epochs)
             measured = measured_sparsity(model, pruned_layers)
             meta = child_meta(parent, name, technique="prune", params={
                 "target_sparsity": sparsity, "epochs": epochs, "schedule": "PolynomialDecay", **steps,
                 "learning_rate": LEARNING_RATE}, extra={"sparsity": measured})
-            savedmodel.save(model, tmp / name)
-            meta = _with_sizes(tmp / name, variant.write(tmp / name, meta))
-            gate = Gate.for_model(model, ds, accuracy_budget, min_agreement)
-            int8 = write_tflite_int8(model, meta, f"{name}_tflite_int8", tmp / f"{name}_tflite_int8", samples, gate,
-                                     fallback_max_attempts, technique="prune+quantize",
-                                     params={"target_sparsity": sparsity,
-                                             "calibration_samples_requested": calibration_samples})
-            int8 = _with_sizes(tmp / f"{name}_tflite_int8", int8)
+            adapter.save(model, tmp / name)
+            variant.write(tmp / name, meta)
+            meta = _with_sizes(tmp / name, ctx.check.record(tmp / name))
             metrics[f"{name}_sparsity"] = measured["overall"]
             metrics[f"{name}_size_gzip_bytes"] = meta.extra["size_gzip_bytes"]
-            metrics[f"{name}_tflite_int8_size_gzip_bytes"] = int8.extra["size_gzip_bytes"]
+            for child in passes.follow(CHAIN, tmp / name, tmp, ctx, configs):
+                if child.status == "ok":
+                    child = _with_sizes(tmp / child.name, child)
+                    metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
             metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
         metrics["variants"] = len(variant.discover(tmp))
     return metrics

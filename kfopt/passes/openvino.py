@@ -11,7 +11,7 @@ named `openvino_fp32`/`openvino_int8`; those of any other parent `<parent>_openv
 Two checks, both against the *baseline* (not the ONNX parent, so a chained variant cannot spend the
 budget twice):
 
-- the in-stage check (kfopt.optimize.gate.Gate, validation split) decides whether int8 needs the
+- the in-stage check (kfopt.passes.check.InStageCheck, validation split) decides whether int8 needs the
   accuracy-controlled fallback; the fallback's allowed drop is what is left of the budget after the
   parent's own loss (`extra["fallback"]`, as the other int8 stages record it);
 - the per-batch verification runs the test split through the variant at every batch size the
@@ -42,7 +42,7 @@ from kfopt.export import child_meta
 from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import openvino as ov_fmt
 from kfopt.optimize import checks
-from kfopt.optimize.gate import SWITCHED_OFF, Gate, calibration_set
+from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set
 
 TECHNIQUE = "openvino"
 KINDS = ("fp32", "int8")
@@ -102,7 +102,7 @@ def names(parent: variant.VariantMeta) -> dict[str, str]:
 class Reference:
     """The baseline's answers on the validation split (in-stage check) and the test split (verification)."""
 
-    gate: Gate
+    gate: InStageCheck
     x_test: np.ndarray
     y_test: np.ndarray
     test: np.ndarray
@@ -113,7 +113,8 @@ class Reference:
 
         runner = formats.load(baseline_dir)
         (xv, yv), (xt, yt) = ds.split("val"), ds.split("test")
-        gate = Gate(xv, yv, bench.predict_all(runner, xv), ds.schema.task, cfg.accuracy_budget, cfg.min_agreement)
+        gate = InStageCheck(xv, yv, bench.predict_all(runner, xv), ds.schema.task, cfg.accuracy_budget,
+                            cfg.min_agreement)
         return cls(gate, xt, yt, bench.predict_all(runner, xt))
 
 
@@ -173,7 +174,7 @@ def fallback_target(result: dict[str, Any], left_pp: float, min_agreement: float
 class Int8:
     """NNCF int8 of one fp32 openvino.Model, calibrated and validated at a static batch of 1."""
 
-    def __init__(self, model, parent: variant.VariantMeta, samples: np.ndarray, gate: Gate):
+    def __init__(self, model, parent: variant.VariantMeta, samples: np.ndarray, gate: InStageCheck):
         import nncf
 
         self.nncf, self.parent, self.gate = nncf, parent, gate
@@ -202,7 +203,7 @@ class Int8:
                 max_num_iterations=iterations, num_ranking_workers=1))
 
 
-def _check(gate: Gate, vdir: Path) -> dict[str, Any]:
+def _check(gate: InStageCheck, vdir: Path) -> dict[str, Any]:
     try:
         return gate.check(vdir)
     except KfoptError as exc:
@@ -268,10 +269,10 @@ def convert_parent(pdir: Path, parent: variant.VariantMeta, tmp: Path, samples: 
         parent, named["fp32"], technique=TECHNIQUE, precision="fp32", target="cpu",
         params={"converter": "openvino.convert_model", "compress_to_fp16": False}))
     fp32 = variant.read(fp32_dir)
-    fp32.extra["gate"] = _check(ref.gate, fp32_dir)
+    fp32.extra["in_stage_check"] = _check(ref.gate, fp32_dir)
     variant.write(fp32_dir, fp32)
     metrics[f"{named['fp32']}_seconds"] = round(time.perf_counter() - start, 2)
-    parent_loss = max(0.0, -fp32.extra["gate"].get("accuracy_delta_pp", 0.0))
+    parent_loss = max(0.0, -fp32.extra["in_stage_check"].get("accuracy_delta_pp", 0.0))
     start = time.perf_counter()
     try:
         write_int8(model, parent, named["int8"], tmp / named["int8"], samples, ref, cfg, parent_loss)
