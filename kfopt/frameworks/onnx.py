@@ -36,17 +36,29 @@ def accepts(path: Path) -> bool:
     return path.is_file() and path.suffix in SUFFIXES
 
 
+def _invalid(path: Path, exc: Exception) -> ModelError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {first[:200]}); export it "
+                      "again (torch.onnx.export, tf2onnx, skl2onnx, ...).")
+
+
 def _load(path: Path):
     import onnx
 
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many types
+        raise _invalid(path, exc) from None
+
+
+def _check(model, path: Path) -> None:
+    """onnx.checker, after kfopt's own checks (which name the problem more plainly)."""
+    import onnx
+
+    try:
         onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - protobuf and the checker raise many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {first[:200]}); export it "
-                         "again (torch.onnx.export, tf2onnx, skl2onnx, ...).") from None
-    return model
+    except Exception as exc:  # noqa: BLE001 - the checker raises many types
+        raise _invalid(path, exc) from None
 
 
 def _graph_inputs(model) -> list:
@@ -117,6 +129,7 @@ def _ends_in_probabilities(model) -> bool:
 def load_user(path: Path, schema: ds_mod.Schema) -> tuple[Any, dict[str, Any]]:
     model = _load(Path(path))
     spec = check_against(model, schema)
+    _check(model, Path(path))
     appended = None
     if not _ends_in_probabilities(model):
         appended = "sigmoid" if schema.task == "binary" else "softmax"

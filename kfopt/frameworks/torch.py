@@ -60,7 +60,7 @@ def accepts(path: Path) -> bool:
 
 
 def _op_name(node) -> str:
-    return str(getattr(node.target, "name", lambda: node.target)())
+    return str(node.target)  # an OpOverload prints as "aten.softmax.int"
 
 
 def _ends_in_probabilities(program) -> bool:

@@ -1,0 +1,385 @@
+"""PyTorch end to end (issue 11): kfopt's own torch models trained, a `.pt2` and a `.onnx` brought, bad input.
+
+Everything is real: torch 2.13 (CPU) trains and exports, `torch.onnx.export(dynamo=True)` and ONNX
+Runtime check each other, the benchmark worker times the torch eager runner. The brought models are
+architectures kfopt did not build, written here the way torchvision writes them (a ResNet of
+BasicBlocks with batch norm and residual adds, a MobileNetV2 of inverted residuals with depthwise
+convolutions and ReLU6): PyPI's torchvision does not import beside the pinned CPU torch. They train
+for a few epochs on the digits slice so their baselines are plausible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from kfopt import bench, formats, frameworks, variant  # noqa: E402
+from kfopt.data import dataset as ds_mod  # noqa: E402
+from kfopt.data import preprocess  # noqa: E402
+from kfopt.errors import ConfigError, KfoptError, ModelError  # noqa: E402
+from kfopt.formats import torch as torch_fmt  # noqa: E402
+from kfopt.frameworks import onnx as onnx_adapter  # noqa: E402
+from kfopt.frameworks import torch as adapter  # noqa: E402
+from kfopt.models import existing, torch_architectures, torch_train, train  # noqa: E402
+
+BATCH = torch.export.Dim("batch")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Digits (400 samples): standardized for kfopt's own model, as given (pixels 0-16) for brought ones."""
+    root = tmp_path_factory.mktemp("torch_data")
+    preprocess.run("digits", root / "std", limit=400, seed=3)
+    preprocess.run("digits", root / "raw", limit=400, seed=3, normalize="none")
+    return {"root": root, "std": root / "std", "raw": root / "raw"}
+
+
+@pytest.fixture(scope="module")
+def own(data):
+    """kfopt's digits CNN trained in torch (early stopping, patience 2)."""
+    out = data["root"] / "own_baseline"
+    metrics = train.run(data["std"], out, architecture="digits_cnn", framework="torch", epochs=12, patience=2,
+                        batch_size=32, learning_rate=2e-3, seed=1)
+    return {"dir": out, "metrics": metrics}
+
+
+# -- kfopt's own torch models ---------------------------------------------------------------------------
+
+
+def test_own_model_trains_to_a_torch_baseline(own, data):
+    meta = variant.read(own["dir"])
+    assert (meta.format, meta.framework, meta.runtime, meta.precision) == ("torch", "torch", "torch", "fp32")
+    assert own["metrics"]["test_accuracy"] > 0.7  # 10 classes: chance is 0.1
+    history = own["metrics"]["history"]
+    # early stopping restored the best weights: the model's validation loss is the best seen
+    module = adapter.load(own["dir"])
+    assert isinstance(module, nn.Module) and module.architecture == "digits_cnn"
+    xv, yv = ds_mod.read(data["std"]).split("val")
+    loss, _ = adapter._evaluate(module, adapter._loss_fn(module, "multiclass"), xv, yv.astype(np.int64), "multiclass")
+    assert loss == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    assert len(history["loss"]) == meta.params["epochs_run"] <= 12
+    # the same layers as the Keras digits_cnn: 53,002 parameters
+    assert meta.extra["parameters"] == sum(p.numel() for p in module.parameters()) == 53002
+
+
+def test_runner_is_eager_torch_with_threads_and_any_batch(own, data):
+    x, y = ds_mod.read(data["std"]).split("test")
+    runner = formats.load(own["dir"], threads=1)
+    assert runner.runtime_config["threads"] == 1 and runner.accepted_batches is None
+    probs = bench.predict_all(runner, x)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, adapter.predict(adapter.load(own["dir"]), x), atol=1e-6)
+    assert runner.predict(x[:1]).shape == (1, 10) and runner.predict(x[:37]).shape == (37, 10)
+
+
+def test_onnx_export_has_a_dynamic_batch_and_matches_eager_torch(own, data):
+    import onnxruntime as ort
+
+    module = adapter.load(own["dir"])
+    proto = adapter.export_onnx(module, variant.read(own["dir"]).input, opset=17)
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+    assert "max abs error vs eager torch" in {p.key: p.value for p in proto.metadata_props}["kfopt_check"]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, _ = ds_mod.read(data["std"]).split("test")
+    for n in (1, 64):
+        got = session.run(None, {session.get_inputs()[0].name: x[:n]})[0]
+        np.testing.assert_allclose(got, adapter.predict(module, x[:n]), atol=1e-5)
+
+
+def test_bf16_autocast_training_keeps_float32_weights(data, tmp_path):
+    metrics = torch_train.run(data["std"], tmp_path / "bf16", architecture="digits_cnn", epochs=3, batch_size=32,
+                              learning_rate=2e-3, patience=0, mixed_precision="mixed_bfloat16", seed=1)
+    assert metrics["test_accuracy"] > 0.5 and metrics["epochs"] == 3
+    program = torch_fmt.load_program(tmp_path / "bf16" / torch_fmt.FILENAME)
+    assert {v.dtype for v in program.state_dict.values()} == {torch.float32}
+    assert variant.read(tmp_path / "bf16").params["mixed_precision"] == "mixed_bfloat16"
+
+
+def test_capabilities_own_model_vs_brought(own, resnet_pt2, onnx_file):
+    assert {c for c in ("fine_tune", "prune", "distill", "qat", "tflite")
+            if frameworks.has(variant.read(own["dir"]), c)} == {"fine_tune", "prune", "distill"}
+    for brought_dir in (resnet_pt2["baseline"], onnx_file["baseline"]):
+        assert not any(frameworks.has(variant.read(brought_dir), c) for c in ("fine_tune", "prune", "distill"))
+
+
+# -- models kfopt did not build, brought as .pt2 ---------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: two 3x3 conv-BN, a 1x1 conv-BN shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet(nn.Module):
+    """A torchvision-layout ResNet (conv1/bn1/relu, layer1..2 of BasicBlocks, avgpool, fc) on NHWC input."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(width, width, 1), BasicBlock(width, width, 1))
+        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x.permute(0, 3, 1, 2) / 16.0)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # logits: kfopt appends the softmax
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection, residual if same shape."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res_connect = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True)),
+            InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 4), InvertedResidual(24, 24, 1, 4))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(24, num_classes))
+
+    def forward(self, x):
+        x = self.features(x.permute(0, 3, 1, 2) / 16.0)
+        return torch.softmax(self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)), dim=-1)
+
+
+def _fit(module: nn.Module, dataset, epochs: int = 4) -> nn.Module:
+    """A user's own training loop, elsewhere: a few epochs of Adam."""
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in ds_mod.read(dataset).split("train"))
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    module.train()
+    for _ in range(epochs):
+        for i in range(0, len(x), 32):
+            opt.zero_grad()
+            out = module(x[i:i + 32])
+            loss = (nn.functional.nll_loss(torch.log(out + 1e-7), y[i:i + 32])
+                    if isinstance(module, MobileNetV2) else nn.functional.cross_entropy(out, y[i:i + 32]))
+            loss.backward()
+            opt.step()
+    return module.eval()
+
+
+def _save_pt2(module: nn.Module, path, example_batch: int = 2, dynamic: bool = True, shape=(8, 8, 1)):
+    example = torch.zeros(example_batch, *shape)
+    program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: BATCH},) if dynamic else None)
+    torch.export.save(program, str(path))
+    return path
+
+
+def _bring(data, path, name):
+    out = data["root"] / name
+    metrics = existing.run(data["raw"], out, model_uri=str(path))
+    return {"baseline": out, "metrics": metrics, "path": path}
+
+
+@pytest.fixture(scope="module")
+def resnet_pt2(data):
+    path = _save_pt2(_fit(ResNet(), data["raw"]), data["root"] / "resnet.pt2")
+    return _bring(data, path, "resnet_baseline")
+
+
+def test_brought_resnet_pt2_becomes_a_torch_baseline_and_exports(resnet_pt2, data, tmp_path):
+    from kfopt import export
+
+    meta = variant.read(resnet_pt2["baseline"])
+    assert (meta.format, meta.framework, meta.technique) == ("torch", "torch", "provided")
+    assert meta.extra["appended_output_activation"] == "softmax"  # the ResNet ends in logits
+    assert meta.extra["input_check"]["static_batch"] is None
+    assert resnet_pt2["metrics"]["test_accuracy"] > 0.3 and not resnet_pt2["metrics"]["implausible_baseline"]
+    x, _ = ds_mod.read(data["raw"]).split("test")
+    probs = formats.load(resnet_pt2["baseline"]).predict(x)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    export.run(resnet_pt2["baseline"], tmp_path / "exports", tflite=True, onnx=True)
+    onnx_dir = tmp_path / "exports" / "onnx_fp32"
+    assert variant.read(onnx_dir).status == "ok"
+    np.testing.assert_allclose(formats.load(onnx_dir).predict(x), probs, atol=1e-5)
+    tflite = variant.read(tmp_path / "exports" / "tflite_fp32")
+    assert tflite.skipped and "torch" in tflite.reason
+
+
+def test_brought_mobilenet_pt2_ending_in_softmax_is_kept_as_is(data, tmp_path):
+    path = _save_pt2(_fit(MobileNetV2(), data["raw"]), tmp_path / "mobilenet.pt2")
+    brought = _bring(data, path, "mobilenet_baseline")
+    meta = variant.read(brought["baseline"])
+    assert meta.extra["appended_output_activation"] is None
+    assert brought["metrics"]["test_accuracy"] > 0.3
+    program = torch_fmt.load_program(brought["baseline"] / torch_fmt.FILENAME)
+    groups = [n.args[6] for n in program.graph.nodes if str(n.target) == "aten.conv2d.default" and len(n.args) > 6]
+    assert max(groups) > 1  # the depthwise convolutions survived the round trip
+
+
+def test_static_batch_program_is_timed_only_at_its_batch(data, tmp_path, capsys):
+    path = _save_pt2(_fit(ResNet(width=8), data["raw"], epochs=1), tmp_path / "static.pt2", example_batch=1,
+                     dynamic=False)
+    brought = _bring(data, path, "static_baseline")
+    assert "static batch of 1" in capsys.readouterr().out
+    meta = variant.read(brought["baseline"])
+    assert meta.extra["input_check"]["static_batch"] == 1
+    runner = formats.load(brought["baseline"])
+    assert runner.accepted_batches == (1,)
+    x, _ = ds_mod.read(data["raw"]).split("test")
+    assert runner.predict(x[:5]).shape == (5, 10)  # fed one sample at a time
+    result = bench.measure_variant(brought["baseline"], data["raw"], [1, 64], 1, 1, 5, 0.1, 0.5,
+                                   tmp_path / "pred.npy")
+    assert set(result["latency"]) == {"1"} and "runs only at batch 1" in result["not_timed"]["64"]
+    with pytest.raises(ModelError, match="static batch of 1.*dynamic_shapes"):
+        adapter.export_onnx(adapter.load(brought["baseline"]), meta.input)
+
+
+# -- ONNX brought from elsewhere --------------------------------------------------------------------------
+
+
+def _onnx_of(module: nn.Module, path, shape=(8, 8, 1)):
+    torch.onnx.export(module.eval(), (torch.zeros(2, *shape),), str(path), dynamo=True, external_data=False,
+                      dynamic_shapes=({0: BATCH},), verbose=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_file(data):
+    path = _onnx_of(_fit(ResNet(width=8), data["raw"], epochs=3), data["root"] / "resnet.onnx")
+    return _bring(data, path, "onnx_baseline")
+
+
+def test_brought_onnx_becomes_an_onnx_baseline(onnx_file, data, tmp_path):
+    from kfopt import export
+
+    meta = variant.read(onnx_file["baseline"])
+    assert (meta.format, meta.framework, meta.runtime) == ("onnx", "onnx", "onnxruntime")
+    assert meta.extra["appended_output_activation"] == "softmax"
+    x, y = ds_mod.read(data["raw"]).split("test")
+    probs = formats.load(onnx_file["baseline"]).predict(x)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert onnx_file["metrics"]["test_accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()))
+    export.run(onnx_file["baseline"], tmp_path / "exports")
+    assert variant.read(tmp_path / "exports" / "onnx_fp32").status == "ok"
+    assert frameworks.detect(onnx_file["path"]) is onnx_adapter
+
+
+# -- bad input: one clear error each ----------------------------------------------------------------------
+
+
+class TwoInputs(nn.Module):
+    def forward(self, x, z):
+        return torch.softmax(x.flatten(1)[:, :10] + z.flatten(1)[:, :10], dim=-1)
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x):
+        return torch.softmax(x.flatten(1)[:, :10], -1), x.flatten(1)[:, :10]
+
+
+def _error(data, path) -> str:
+    with pytest.raises(KfoptError) as info:
+        existing.run(data["raw"], data["root"] / "never", model_uri=str(path))
+    assert not (data["root"] / "never").exists()  # nothing half-written
+    return str(info.value)
+
+
+def test_pickle_is_refused_with_the_command_that_saves_a_pt2(data, tmp_path):
+    for suffix in (".pt", ".pth"):
+        path = tmp_path / f"model{suffix}"
+        torch.save(ResNet(width=4), path)
+        message = _error(data, path)
+        assert "pickle" in message and "torch.export.save(torch.export.export(" in message
+
+
+def test_pt2_with_the_wrong_input_shape(data, tmp_path):
+    path = _save_pt2(ResNet(width=4), tmp_path / "big.pt2", shape=(28, 28, 1))
+    message = _error(data, path)
+    assert "(None, 28, 28, 1)" in message and "(8, 8, 1)" in message
+
+
+def test_more_than_one_input_or_output(data, tmp_path):
+    x = torch.zeros(2, 8, 8, 1)
+    torch.export.save(torch.export.export(TwoInputs(), (x, x)), str(tmp_path / "two_in.pt2"))
+    assert "2 inputs and 1 outputs" in _error(data, tmp_path / "two_in.pt2")
+    torch.export.save(torch.export.export(TwoOutputs(), (x,)), str(tmp_path / "two_out.pt2"))
+    assert "1 inputs and 2 outputs" in _error(data, tmp_path / "two_out.pt2")
+    torch.onnx.export(TwoOutputs().eval(), (x,), str(tmp_path / "two_out.onnx"), dynamo=True, verbose=False)
+    assert "1 inputs and 2 outputs" in _error(data, tmp_path / "two_out.onnx")
+
+
+def test_onnx_with_a_dynamic_rank(data, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "rank.onnx"))
+    assert "no fixed rank" in _error(data, tmp_path / "rank.onnx")
+
+
+def test_onnx_output_width_must_match_the_classes(data, tmp_path):
+    path = _onnx_of(ResNet(num_classes=3, width=4), tmp_path / "three.onnx")
+    assert "10 classes" in _error(data, path)
+
+
+def test_corrupt_pt2(data, tmp_path):
+    good = _save_pt2(ResNet(width=4), tmp_path / "good.pt2").read_bytes()
+    (tmp_path / "cut.pt2").write_bytes(good[: len(good) // 2])
+    (tmp_path / "noise.pt2").write_bytes(b"not a zip archive at all" * 10)
+    for name in ("cut.pt2", "noise.pt2"):
+        assert "not a readable torch.export program" in _error(data, tmp_path / name)
+
+
+def test_framework_torch_with_a_keras_only_architecture(monkeypatch):
+    from kfopt import config
+    from kfopt.models import architectures
+
+    raw = {"model": {"architecture": "digits_cnn", "framework": "torch"}}
+    assert config.from_dict(raw).model.framework == "torch"
+    # a Keras-only name: every bundled architecture exists in both, so one is registered for Keras alone here
+    monkeypatch.setitem(architectures.ARCHITECTURES, "keras_only_net", architectures.digits_cnn)
+    assert config.from_dict({"model": {"architecture": "keras_only_net"}}).model.framework == "keras"
+    with pytest.raises(ConfigError, match="'keras_only_net' exists only for Keras.*framework: keras"):
+        config.from_dict({"model": {"architecture": "keras_only_net", "framework": "torch"}})
+    with pytest.raises(ConfigError, match="model.framework must be keras or torch"):
+        config.from_dict({"model": {"framework": "jax"}})
+    with pytest.raises(ConfigError, match="exists only for Keras"):
+        torch_architectures.build("keras_only_net", [8, 8, 1], 10)
+
+
+def test_cli_refuses_an_architecture_torch_lacks_before_the_pipeline_starts(tmp_path, capsys):
+    from kfopt.cli import main
+
+    code = main(["run", "--runs-dir", str(tmp_path / "runs"), "--config", "digits_cnn_torch",
+                 "--set", "model.architecture=vgg"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("kfopt: error:") and "known in torch: digits_cnn" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
