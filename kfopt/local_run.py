@@ -32,6 +32,7 @@ from kfopt import diskfull, resume
 from kfopt.errors import KfoptError
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+FAILED = "failed.txt"  # in a failed run's folder: the reason; its finished stages stay for the cache
 
 
 class _Console:
@@ -157,10 +158,16 @@ def _run_pipeline(pipeline, cfg: cfg_mod.RunConfig, run_dir: Path, cache_root: P
     except Exception as exc:  # noqa: BLE001 - kfp.local raises RuntimeError for a failed task
         console.close()
         message = error_file.read_text().strip()
+        detail = message or f"The local pipeline failed: {_Console.ANSI.sub('', str(exc))}"
+        if _finished_tasks(run_dir / "pipeline.log"):  # keep what finished: the cache points at it
+            for path in resume.leftovers(run_dir):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            (run_dir / FAILED).write_text(detail + "\n")
+            raise KfoptError(f"{detail} (full log: {run_dir / 'pipeline.log'}; fix the cause and run again: the "
+                             "stages that finished come from the cache)") from None
         log = run_dir.with_name(run_dir.name + ".failed.log")
         shutil.move(run_dir / "pipeline.log", log)
-        shutil.rmtree(run_dir, ignore_errors=True)  # no half-made run folder; only its log stays
-        detail = message or f"The local pipeline failed: {_Console.ANSI.sub('', str(exc))}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing finished: no run folder, only its log stays
         raise KfoptError(f"{detail} (full log: {log})") from None
     finally:
         console.close()
@@ -175,6 +182,15 @@ def _run_pipeline(pipeline, cfg: cfg_mod.RunConfig, run_dir: Path, cache_root: P
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_dir.name)
+
+
+def _finished_tasks(log: Path) -> int:
+    """How many tasks of this run finished (kfp.local logs each), i.e. whether a failed run has work to keep."""
+    try:
+        text = _Console.ANSI.sub("", log.read_text(errors="replace"))
+    except OSError:
+        return 0
+    return len(re.findall(r"Task '[^']+' finished with status SUCCESS", text))
 
 
 def with_registry(cfg: cfg_mod.RunConfig, runs_dir: Path) -> cfg_mod.RunConfig:
@@ -215,6 +231,9 @@ def find_report(run: str, runs_dir: Path = Path("runs")) -> Path:
             raise KfoptError(f"Run {run_dir} was stopped before it finished (its process was killed), so it has no "
                              "report; run `kfopt run` again with the same settings: the stages it finished come "
                              "from the cache.")
+        if (run_dir / FAILED).is_file():
+            raise KfoptError(f"Run {run_dir} failed, so it has no report: {(run_dir / FAILED).read_text().strip()} "
+                             "Fix the cause and run `kfopt run` again: the stages it finished come from the cache.")
         if resume.running(run_dir):
             raise KfoptError(f"Run {run_dir} is still running; its report appears when it finishes.")
         raise KfoptError(f"Run {run_dir} has no report.json: it did not finish (or is still running).")
