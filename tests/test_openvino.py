@@ -170,7 +170,7 @@ def test_a_broken_program_is_a_failed_row_not_a_crash(digits_ov, tmp_path, how):
 def test_a_program_that_does_not_compile_fails_its_batch_and_is_never_chosen(digits_ov, tmp_path):
     vdir = _broken_copy(digits_ov, tmp_path, "shape")
     ds = ds_mod.read(digits_ov["dataset"])
-    cfg = ov_pass.Config(batch_sizes=BATCHES, threads=1)
+    cfg = ov_pass.Config(batch_sizes=tuple(BATCHES), threads=1)
     check = ov_pass.verify_batches(vdir, ov_pass.Reference.of(digits_ov["baseline"], ds, cfg), cfg)
     assert check["failing"] == BATCHES
     assert "could not compile variant 'openvino_fp32' for batch 1" in check["batches"]["1"]["reason"]
@@ -228,14 +228,15 @@ def test_switched_off_and_nothing_to_convert_write_skipped(digits_ov, tmp_path):
 
 
 def test_any_onnx_fp32_variant_is_accepted_by_its_metadata_not_its_name(digits_ov, tmp_path):
-    renamed = tmp_path / "sets" / "student_onnx"
+    renamed = tmp_path / "sets" / "student_export"  # as distill's ONNX export of its student would be
     shutil.copytree(digits_ov["exports"] / "onnx_fp32", renamed)
     meta = variant.read(renamed)
-    meta.name = "student_onnx"
+    meta.name, meta.parent, meta.technique = "student_export", "student", "distill+export"
     variant.write(renamed, meta)
     found, _ = ov_pass.parents([digits_ov["exports"], tmp_path / "sets"])
-    assert [m.name for _, m in found] == ["onnx_fp32", "student_onnx"]
-    assert ov_pass.names(found[1][1]) == {"fp32": "student_onnx_openvino_fp32", "int8": "student_onnx_openvino_int8"}
+    assert [m.name for _, m in found] == ["onnx_fp32", "student_export"]
+    assert ov_pass.names(found[0][1]) == {"fp32": "openvino_fp32", "int8": "openvino_int8"}
+    assert ov_pass.names(found[1][1]) == {"fp32": "student_openvino_fp32", "int8": "student_openvino_int8"}
     not_onnx = variant.read(digits_ov["openvino"] / "openvino_fp32")
     assert not ov_pass.accepts(not_onnx)
 

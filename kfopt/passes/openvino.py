@@ -6,14 +6,14 @@
 
 A variant is accepted by its kfopt.json (format onnx, precision fp32), never by its name, so a pruned
 or distilled model exported to ONNX gets the same pass. The variants of the export's `onnx_fp32` are
-named `openvino_fp32`/`openvino_int8`; those of any other parent `<parent>_openvino_fp32`/`_int8`.
+named `openvino_fp32`/`openvino_int8`; those of a pruned model's ONNX `pruned_50_openvino_fp32`/`_int8`.
 
 Two checks, both against the *baseline* (not the ONNX parent, so a chained variant cannot spend the
 budget twice):
 
-- the in-stage check (kfopt.passes.check.InStageCheck, validation split) decides whether int8 needs the
-  accuracy-controlled fallback; the fallback's allowed drop is what is left of the budget after the
-  parent's own loss (`extra["fallback"]`, as the other int8 stages record it);
+- the in-stage check (kfopt.passes.check.InStageCheck, validation split, with the budget the ONNX
+  parent left) decides whether int8 needs the accuracy-controlled fallback, whose allowed drop is that
+  budget; recorded as the other passes record it (`extra["in_stage_check"]`, attempts in `extra["fallback"]`);
 - the per-batch verification runs the test split through the variant at every batch size the
   benchmark times, each through its own static-shape program at the benchmark's thread count, and
   records the result in `extra["batch_verification"]` (`batches["<b>"]`: passed, reason, agreement,
@@ -42,6 +42,8 @@ from kfopt.export import child_meta
 from kfopt.formats import onnx as onnx_fmt
 from kfopt.formats import openvino as ov_fmt
 from kfopt.optimize import checks
+from kfopt.passes import knob, lineage, technique
+from kfopt.passes.check import KEY as IN_STAGE
 from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set
 
 TECHNIQUE = "openvino"
@@ -50,32 +52,25 @@ KINDS = ("fp32", "int8")
 EXPORT_ONNX = "onnx_fp32"
 
 
-def _knob(default: Any, config: str, help: str) -> Any:
-    """A config field with the config path it comes from and its description (for the stage table)."""
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"config": config, "help": help})
-    return dataclasses.field(default=default, metadata={"config": config, "help": help})
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of the pass: default, where it is configured, what it does; checked in one place."""
 
-    enabled: bool = _knob(True, "openvino.enabled",
-                          "Make OpenVINO IR variants (fp32 and NNCF int8) of the ONNX fp32 variants.")
-    calibration_samples: int = _knob(200, "quantize.calibration_samples",
-                                     "Training samples NNCF calibrates int8 on (not batches).")
-    batch_sizes: list[int] = _knob([1, 64], "bench.batch_sizes",
-                                   "Batch sizes each variant is verified at: the ones the benchmark times.")
-    accuracy_budget: float = _knob(0.5, "verify.accuracy_budget",
-                                   "Percentage points of accuracy a variant may lose against the baseline.")
-    min_agreement: float = _knob(0.97, "verify.min_agreement",
-                                 "Least top-1 agreement with the baseline's predictions.")
-    fallback_max_attempts: int = _knob(3, "quantize.fallback_max_attempts",
-                                       "Iterations of nncf.quantize_with_accuracy_control when int8 misses "
-                                       "the in-stage check (0: no fallback).")
-    threads: int = _knob(1, "bench.threads",
-                         "INFERENCE_NUM_THREADS of the programs verified here (the benchmark's count).")
+    enabled: bool = knob(True, "openvino.enabled",
+                         "Make OpenVINO IR variants (fp32 and NNCF int8) of the ONNX fp32 variants.")
+    calibration_samples: int = knob(200, "quantize.calibration_samples",
+                                    "Training samples NNCF calibrates int8 on (not batches).")
+    batch_sizes: tuple[int, ...] = knob((1, 64), "bench.batch_sizes",
+                                        "Batch sizes each variant is verified at: the ones the benchmark times.")
+    accuracy_budget: float = knob(0.5, "verify.accuracy_budget",
+                                  "Percentage points of accuracy a variant may lose against the baseline.")
+    min_agreement: float = knob(0.97, "verify.min_agreement",
+                                "Least top-1 agreement with the baseline's predictions.")
+    fallback_max_attempts: int = knob(3, "quantize.fallback_max_attempts",
+                                      "Iterations of nncf.quantize_with_accuracy_control when int8 misses "
+                                      "the in-stage check (0: no fallback).")
+    threads: int = knob(1, "bench.threads",
+                        "INFERENCE_NUM_THREADS of the programs verified here (the benchmark's count).")
 
     def __post_init__(self) -> None:
         checks.budget(self.accuracy_budget, self.min_agreement, self.fallback_max_attempts)
@@ -94,15 +89,15 @@ def accepts(meta: variant.VariantMeta) -> bool:
 
 
 def names(parent: variant.VariantMeta) -> dict[str, str]:
-    stem = "openvino" if parent.name == EXPORT_ONNX else f"{parent.name}_openvino"
-    return {kind: f"{stem}_{kind}" for kind in KINDS}
+    """`openvino_int8` from the baseline's ONNX, `pruned_50_openvino_int8` from a pruned model's (see lineage)."""
+    return {kind: f"{lineage(parent)}openvino_{kind}" for kind in KINDS}
 
 
 @dataclasses.dataclass
 class Reference:
     """The baseline's answers on the validation split (in-stage check) and the test split (verification)."""
 
-    gate: InStageCheck
+    in_stage: InStageCheck
     x_test: np.ndarray
     y_test: np.ndarray
     test: np.ndarray
@@ -113,9 +108,9 @@ class Reference:
 
         runner = formats.load(baseline_dir)
         (xv, yv), (xt, yt) = ds.split("val"), ds.split("test")
-        gate = InStageCheck(xv, yv, bench.predict_all(runner, xv), ds.schema.task, cfg.accuracy_budget,
-                            cfg.min_agreement)
-        return cls(gate, xt, yt, bench.predict_all(runner, xt))
+        in_stage = InStageCheck(xv, yv, bench.predict_all(runner, xv), ds.schema.task, cfg.accuracy_budget,
+                                cfg.min_agreement)
+        return cls(in_stage, xt, yt, bench.predict_all(runner, xt))
 
 
 def predict_in_batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
@@ -139,7 +134,7 @@ def verify_batches(vdir: Path, ref: Reference, cfg: Config) -> dict[str, Any]:
         except KfoptError as exc:  # a program that does not compile answers nothing at that batch
             batches[str(batch)] = {"passed": False, "reason": str(exc)}
             continue
-        batches[str(batch)] = verify.compare(probs, ref.test, ref.y_test, ref.gate.task, cfg.accuracy_budget,
+        batches[str(batch)] = verify.compare(probs, ref.test, ref.y_test, ref.in_stage.task, cfg.accuracy_budget,
                                              cfg.min_agreement)
     meta = variant.read(vdir)
     meta.extra["batch_verification"] = {
@@ -174,10 +169,10 @@ def fallback_target(result: dict[str, Any], left_pp: float, min_agreement: float
 class Int8:
     """NNCF int8 of one fp32 openvino.Model, calibrated and validated at a static batch of 1."""
 
-    def __init__(self, model, parent: variant.VariantMeta, samples: np.ndarray, gate: InStageCheck):
+    def __init__(self, model, parent: variant.VariantMeta, samples: np.ndarray, check: InStageCheck):
         import nncf
 
-        self.nncf, self.parent, self.gate = nncf, parent, gate
+        self.nncf, self.parent, self.check = nncf, parent, check
         self.model = _static(model, parent)
         self.calibration = nncf.Dataset([samples[i:i + 1] for i in range(len(samples))])
         self.subset = len(samples)
@@ -189,36 +184,37 @@ class Int8:
         """Quantizers removed, most harmful first, until `metric` on the validation split drops at most `max_drop`."""
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-        nncf, gate = self.nncf, self.gate
-        wanted = gate.y if metric == "accuracy" else verify.labels(gate.reference, gate.task)
+        nncf, check = self.nncf, self.check
+        wanted = check.y if metric == "accuracy" else verify.labels(check.reference, check.task)
 
         def validate(compiled, items) -> tuple[float, list[float]]:
-            hits = [float(verify.labels(np.asarray(compiled(xi)[0]), gate.task)[0] == want) for xi, want in items]
+            hits = [float(verify.labels(np.asarray(compiled(xi)[0]), check.task)[0] == want) for xi, want in items]
             return float(np.mean(hits)), hits
 
         return nncf.quantize_with_accuracy_control(
-            self.model, self.calibration, nncf.Dataset([(gate.x[i:i + 1], wanted[i]) for i in range(len(gate.x))]),
+            self.model, self.calibration, nncf.Dataset([(check.x[i:i + 1], wanted[i]) for i in range(len(check.x))]),
             validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=self.subset,
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 max_num_iterations=iterations, num_ranking_workers=1))
 
 
-def _check(gate: InStageCheck, vdir: Path) -> dict[str, Any]:
+def _check(check: InStageCheck, vdir: Path) -> dict[str, Any]:
     try:
-        return gate.check(vdir)
+        return check.check(vdir)
     except KfoptError as exc:
         return {"passed": False, "reason": str(exc)}
 
 
-def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, samples: np.ndarray, ref: Reference,
-               cfg: Config, parent_loss_pp: float) -> variant.VariantMeta:
+def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, samples: np.ndarray,
+               check: InStageCheck, cfg: Config) -> variant.VariantMeta:
     """nncf.quantize; if it misses the in-stage check, quantize_with_accuracy_control; keep the better."""
-    maker = Int8(model, parent, samples, ref.gate)
+    maker = Int8(model, parent, samples, check)
     staging = out_dir.parent / f".{out_dir.name}.attempts"
     params = {"tool": "nncf", "nncf_version": maker.nncf.__version__, "calibration_samples": len(samples),
               "calibration_batch": 1, "preset": "performance (default)"}
     attempts: list[dict[str, Any]] = []
-    left_pp = cfg.accuracy_budget - parent_loss_pp
+    results: list[dict[str, Any]] = []
+    left_pp = check.budget_left_pp
     full: set[str] | None = None  # the quantizers of the first attempt: all NNCF places
     try:
         for method in ("nncf.quantize", "nncf.quantize_with_accuracy_control"):
@@ -232,12 +228,13 @@ def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, sam
             else:
                 quantized = maker.quantize()
             vdir = staging / str(len(attempts))
-            meta = child_meta(parent, name, technique=TECHNIQUE, precision="int8", target="cpu",
+            meta = child_meta(parent, name, technique=technique(parent, TECHNIQUE), precision="int8", target="cpu",
                               params={**params, "method": method})
             ov_fmt.write_variant(ov_fmt.with_batch(quantized, None, parent.input.shape[1:]), vdir, meta)
             quantizers = _fake_quantizers(quantized)
             full = quantizers if full is None else full
-            result = _check(ref.gate, vdir)
+            result = _check(check, vdir)
+            results.append(result)
             figures = {k: result[k] for k in ("accuracy_delta_pp", "agreement", "max_abs_error") if k in result}
             attempts.append({"method": method, **target, "passed": result["passed"], "reason": result["reason"],
                              **figures, "fake_quantize_ops": len(quantizers),
@@ -250,10 +247,10 @@ def write_int8(model, parent: variant.VariantMeta, name: str, out_dir: Path, sam
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     meta = variant.read(out_dir)
+    meta.extra[IN_STAGE] = results[best]
     meta.extra["fallback"] = {
-        "checked_on": f"validation split ({len(ref.gate.y)} samples) against the baseline",
-        "budget_left_pp": round(left_pp, 4), "passed": attempts[best]["passed"], "attempts": attempts,
-        "chosen_attempt": best, "float_layers": attempts[best]["float_layers"]}
+        "checked_on": check.describe(), "budget_left_pp": round(left_pp, 4), "passed": attempts[best]["passed"],
+        "attempts": attempts, "chosen_attempt": best, "float_layers": attempts[best]["float_layers"]}
     return variant.write(out_dir, meta)
 
 
@@ -266,31 +263,31 @@ def convert_parent(pdir: Path, parent: variant.VariantMeta, tmp: Path, samples: 
     model = ov_fmt.convert(Path(pdir) / onnx_fmt.FILENAME)
     fp32_dir = tmp / named["fp32"]
     ov_fmt.write_variant(model, fp32_dir, child_meta(
-        parent, named["fp32"], technique=TECHNIQUE, precision="fp32", target="cpu",
+        parent, named["fp32"], technique=technique(parent, TECHNIQUE), precision="fp32", target="cpu",
         params={"converter": "openvino.convert_model", "compress_to_fp16": False}))
     fp32 = variant.read(fp32_dir)
-    fp32.extra["in_stage_check"] = _check(ref.gate, fp32_dir)
+    check = ref.in_stage.after(pdir)  # the budget the ONNX parent left, for both of its children
+    fp32.extra[IN_STAGE] = _check(check, fp32_dir)
     variant.write(fp32_dir, fp32)
     metrics[f"{named['fp32']}_seconds"] = round(time.perf_counter() - start, 2)
-    parent_loss = max(0.0, -fp32.extra["in_stage_check"].get("accuracy_delta_pp", 0.0))
     start = time.perf_counter()
     try:
-        write_int8(model, parent, named["int8"], tmp / named["int8"], samples, ref, cfg, parent_loss)
+        write_int8(model, parent, named["int8"], tmp / named["int8"], samples, check, cfg)
     except KfoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - NNCF refusing a model leaves the fp32 variant and a reason
         reason = f"nncf could not quantize {parent.name!r}: {ov_fmt.first_line(exc)}"
-        variant.write_failed(tmp / named["int8"], named["int8"], "openvino", "cpu", reason, technique=TECHNIQUE,
-                             parent=parent.name, precision="int8")
+        variant.write_failed(tmp / named["int8"], named["int8"], "openvino", "cpu", reason,
+                             technique=technique(parent, TECHNIQUE), parent=parent.name, precision="int8")
     metrics[f"{named['int8']}_seconds"] = round(time.perf_counter() - start, 2)
     for kind in KINDS:
         vdir = tmp / named[kind]
         if variant.read(vdir, verify=False).status != "ok":
             continue
-        check = verify_batches(vdir, ref, cfg)
-        metrics[f"{named[kind]}_failing_batches"] = len(check["failing"])
-        log(f"  {named[kind]}: verified at batch {', '.join(check['batches'])}: "
-            + "; ".join(f"{b}: {r['reason']}" for b, r in check["batches"].items()))
+        verified = verify_batches(vdir, ref, cfg)
+        metrics[f"{named[kind]}_failing_batches"] = len(verified["failing"])
+        log(f"  {named[kind]}: verified at batch {', '.join(verified['batches'])}: "
+            + "; ".join(f"{b}: {r['reason']}" for b, r in verified["batches"].items()))
     return metrics
 
 
@@ -313,7 +310,7 @@ def run(dataset_dir: Path, baseline_dir: Path, exports_dir: Path | list[Path], o
         min_agreement: float = 0.97, fallback_max_attempts: int = 3, threads: int = 1,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the OpenVINO variants of every ONNX fp32 variant under `exports_dir` into `out_dir`."""
-    cfg = Config(enabled, calibration_samples, list(batch_sizes or [1, 64]), accuracy_budget, min_agreement,
+    cfg = Config(enabled, calibration_samples, tuple(batch_sizes or (1, 64)), accuracy_budget, min_agreement,
                  fallback_max_attempts, threads)
     roots = list(exports_dir) if isinstance(exports_dir, (list, tuple)) else [exports_dir]
     baseline = variant.read(baseline_dir)
