@@ -215,7 +215,9 @@ def test_a_local_run_goes_on_past_every_stage_that_fails(hostile, tmp_path, caps
     run_dir = (runs / "latest").resolve()
     rep = json.loads((run_dir / "report.json").read_text())
     assert {r["name"] for r in rep["rows"] if r["status"] == "failed"} == broken
-    assert {r["name"]: r["status"] for r in rep["rows"] if r["name"].startswith("trt_")} == {
-        "trt_fp16": "skipped", "trt_int8": "skipped"}  # its sources failed upstream: nothing to build from
+    trt = {r["name"]: r for r in rep["rows"] if r["name"].startswith("trt_")}
+    assert {n: r["status"] for n, r in trt.items()} == {"trt_fp16": "skipped", "trt_int8": "skipped"}
+    assert trt["trt_fp16"]["reason"].startswith("its source stage failed: export stage: ")
+    assert trt["trt_int8"]["reason"].startswith("its source stage failed: quantize stage: ")
     assert rep["choices"]["cpu"]["chosen"] == "baseline"
     assert "## Failed (the run went on without them)" in (run_dir / "report.md").read_text()

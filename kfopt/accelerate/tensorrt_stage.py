@@ -48,12 +48,15 @@ def _sources(exports_dir: Path, quantized_dir: Path | None) -> dict[str, Any]:
     fp32 = _find(exports_dir, lambda m: m.format == "onnx" and m.precision == "fp32")
     int8 = _find(quantized_dir, lambda m: m.format == "onnx" and bool(m.extra.get("tensorrt_ready")))
     out: dict[str, Any] = {}
-    for name, found, missing in (
-        ("trt_fp16", fp32, "no ONNX fp32 variant among the exports"),
+    for name, found, missing, root in (
+        ("trt_fp16", fp32, "no ONNX fp32 variant among the exports", exports_dir),
         ("trt_int8", int8, "no TensorRT-ready int8 variant was given (the quantize stage's symmetric-QDQ "
-                           "onnx_int8_trt)"),
+                           "onnx_int8_trt)", quantized_dir),
     ):
-        if found is None:
+        broke = _find(root, lambda m: m.failed) if found is None else None  # kfopt.stage.optional_stage
+        if broke is not None:
+            out[name] = f"its source stage failed: {broke[1].reason}"
+        elif found is None:
             out[name] = missing
         elif found[1].status != "ok":
             out[name] = f"its source {found[1].name} was {found[1].status}: {found[1].reason}"
