@@ -106,6 +106,19 @@ def test_capabilities_own_model_vs_brought(own, resnet_pt2, onnx_file):
         assert not any(frameworks.has(variant.read(brought_dir), c) for c in ("fine_tune", "prune", "distill"))
 
 
+def test_tpu_row_is_skipped_with_the_honest_reason(own, data, tmp_path):
+    """No torch_xla for torch 2.13 on PyPI (2.9.0 needs torch 2.9) and no StableHLO lowering in torch.export."""
+    import importlib.util
+
+    from kfopt.accelerate import xla_stage
+
+    assert importlib.util.find_spec("torch_xla") is None
+    assert not [name for name in dir(torch.export) if "hlo" in name.lower()]
+    xla_stage.run(data["std"], own["dir"], tmp_path / "xla")
+    meta = variant.read(tmp_path / "xla" / "xla")
+    assert meta.skipped and "torch_xla" in meta.reason and "StableHLO" in meta.reason
+
+
 # -- models kfopt did not build, brought as .pt2 ---------------------------------------------------------
 
 

@@ -51,6 +51,10 @@ def why_not(parent: variant.VariantMeta) -> str | None:
     """XLA programs are traced from a model TensorFlow runs (kfopt.json's runtime), or None if it is one."""
     if parent.runtime == "tensorflow":
         return None
+    if parent.framework == "torch":
+        from kfopt.frameworks.torch import NO_XLA
+
+        return NO_XLA
     return (f"XLA programs are traced from a TensorFlow model; this baseline is a {parent.framework} model run by "
             f"{parent.runtime or 'an unknown runtime'}")
 

@@ -41,6 +41,10 @@ ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs ea
 SAVE_HINT = ("save the model with torch.export.save(torch.export.export(model.eval(), (example,), "
              "dynamic_shapes=({0: torch.export.Dim('batch')},)), 'model.pt2')")
 PROBABILITY_OPS = ("aten._softmax", "aten.softmax", "aten.sigmoid", "aten._log_softmax")
+#: why a torch model gets no XLA/TPU program here (checked 2026-12 with the pinned torch 2.13.0)
+NO_XLA = ("torch 2.13 has no path to an XLA/StableHLO program here: torch.export has no StableHLO lowering of its "
+          "own, and torch_xla (torch_xla.stablehlo), the converter that has one, is at 2.9.0 on PyPI and requires "
+          "torch 2.9, not the pinned 2.13; no TPU program is made rather than one kfopt could not verify")
 
 
 def capabilities(meta: variant.VariantMeta) -> frozenset[str]:
