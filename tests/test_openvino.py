@@ -1,8 +1,8 @@
 """OpenVINO: IR fp32 and NNCF int8 from ONNX variants, static programs per batch, pinned settings, failures as rows.
 
-Real OpenVINO and NNCF throughout, on the bundled digits CNN and on a model kfopt did not build
-(tf_keras.applications.MobileNetV2, alpha 0.35, 32x32x3, trained briefly on a synthetic image set,
-brought with model_uri and exported by kfopt's export stage).
+Real OpenVINO and NNCF throughout, on the bundled digits CNN (in Keras, and in torch) and on a model
+kfopt did not build (tf_keras.applications.MobileNetV2, alpha 0.35, 32x32x3, trained briefly on a
+synthetic image set, brought with model_uri and exported by kfopt's export stage).
 """
 
 import json
@@ -249,3 +249,19 @@ def test_bad_settings_fail_clearly_and_leave_nothing(digits_ov, tmp_path, bad, m
     with pytest.raises(ConfigError, match=match):
         ov_pass.run(digits_ov["dataset"], digits_ov["baseline"], digits_ov["exports"], tmp_path / "ov", **bad)
     assert not (tmp_path / "ov").exists()
+
+
+def test_a_torch_models_onnx_gets_openvino_too(tmp_path):
+    """The pass reads only kfopt.json: the ONNX that torch.onnx (dynamo) exports converts and verifies alike."""
+    preprocess.run("digits", tmp_path / "dataset", limit=300, seed=3)
+    train.run(tmp_path / "dataset", tmp_path / "baseline", architecture="digits_cnn", framework="torch", epochs=4,
+              patience=2, batch_size=32, learning_rate=2e-3, seed=1)
+    made = _convert(tmp_path, tmp_path / "baseline", tmp_path / "dataset", BUDGET)
+    for kind in ("fp32", "int8"):
+        meta = variant.read(made["openvino"] / f"openvino_{kind}")
+        assert (meta.framework, meta.runtime, meta.format) == ("torch", "openvino", "openvino")
+        assert meta.parent == "onnx_fp32"
+        assert sorted(meta.extra["batch_verification"]["batches"], key=int) == ["1", "64"]
+    x, _, base = _test_split(made)
+    ir = bench.predict_all(formats.load(made["openvino"] / "openvino_fp32"), x)
+    assert np.abs(ir - base).max() < 1e-4  # fp32 IR of the torch model answers like eager torch
