@@ -168,7 +168,7 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
                        "technique": meta.technique, "parent": meta.parent, "params": meta.params,
                        "extra": meta.extra, "hardware": hardware, "threads": threads}
                 if meta.failed:  # the stage broke on this model (kfopt.stage.optional_stage): nothing to measure
-                    results.append({**row, "status": "failed", "reason": meta.reason})
+                    results.append({**row, "hardware": "n/a", "status": "failed", "reason": meta.reason})
                     log(f"  {meta.name:<24} FAILED: {meta.reason}")
                     continue
                 if meta.skipped or missing:
