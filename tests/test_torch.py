@@ -10,6 +10,8 @@ for a few epochs on the digits slice so their baselines are plausible.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -396,3 +398,28 @@ def test_cli_refuses_an_architecture_torch_lacks_before_the_pipeline_starts(tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("kfopt: error:") and "known in torch: digits_cnn" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+# -- the whole pipeline ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_digits_cnn_torch_through_kfp_local(tmp_path):
+    """`kfopt run --config digits_cnn_torch` on a small slice: a torch eager baseline and the ONNX passes after it."""
+    from kfopt.cli import main
+
+    small = ["--set", "data.limit=400", "--set", "train.epochs=4", "--set", "bench.max_seconds=0.2",
+             "--set", "augment.factor=0.5", "--set", "prune.epochs=2", "--set", "distill.epochs=2"]
+    assert main(["run", "--config", "digits_cnn_torch", "--runs-dir", str(tmp_path), *small]) == 0
+    report = json.loads(((tmp_path / "latest").resolve() / "report.json").read_text())
+    rows = {(r["name"], r["hardware"]): r for r in report["rows"]}
+    base = rows[("baseline", "cpu")]
+    assert (base["status"], base["format"]) == ("ok", "torch") and set(base["latency"]) == {"1", "64"}
+    assert base["accuracy"] > 0.5
+    for name in ("onnx_fp32", "onnx_int8"):
+        assert rows[(name, "cpu")]["status"] == "ok", name
+    assert rows[("onnx_fp32", "cpu")]["verification"]["agreement"] == 1.0  # same weights, another runtime
+    for name in ("tflite_fp32", "tflite_qat_int8"):
+        assert rows[(name, "cpu")]["status"] == "skipped" and "torch" in rows[(name, "cpu")]["reason"]
+    assert "torch_xla" in rows[("xla", "tpu")]["reason"]
+    assert report["choices"]["cpu"]["chosen"] in {n for (n, hw), r in rows.items() if r["status"] == "ok"}
