@@ -40,7 +40,6 @@ from kfopt.optimize import channels, checks
 from kfopt.passes import FINE_TUNE_BATCH, tflite_int8
 from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
 
-VARIANTS = [("student", "savedmodel", "cpu"), ("student_tflite_int8", "tflite", "edge")]
 #: the passes that follow the student (kfopt.passes.follow)
 CHAIN = (("tflite_int8",),)
 #: the frameworks whose layer graph a student is derived from here
@@ -166,6 +165,12 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
     return student, history
 
 
+def variants(parent: variant.VariantMeta) -> list[tuple[str, str, str]]:
+    """(name, format, target) of what this stage makes: the student and what its CHAIN makes from it."""
+    return [("student", parent.format, "cpu"),
+            *passes.chained_names(CHAIN, child_meta(parent, "student", technique="distill"))]
+
+
 def why_not(parent: variant.VariantMeta) -> str | None:
     """Why no student can be distilled here from this baseline, from its kfopt.json."""
     lacking = passes.lacks(parent, "distill")
@@ -184,13 +189,13 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
         if reason:
-            write_skipped(tmp, VARIANTS, reason, "distill", parent.name)
+            write_skipped(tmp, variants(parent), reason, "distill", parent.name)
             return {"variants": 0}
         adapter = frameworks.of(parent)
         teacher = adapter.load(baseline_dir)
         reason = subclassed(teacher)
         if reason:
-            write_skipped(tmp, VARIANTS, reason, "distill", parent.name)
+            write_skipped(tmp, variants(parent), reason, "distill", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context(ds, calibration_set(ds, calibration_samples),

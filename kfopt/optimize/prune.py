@@ -129,9 +129,12 @@ def _with_sizes(vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
     return variant.write(vdir, meta)
 
 
-def _names(sparsities: list[float]) -> list[tuple[str, str, str]]:
-    return [(n, fmt, tgt) for n in map(checks.pruned_name, sparsities)
-            for n, fmt, tgt in ((n, "savedmodel", "cpu"), (f"{n}_tflite_int8", "tflite", "edge"))]
+def _names(parent: variant.VariantMeta, sparsities: list[float]) -> list[tuple[str, str, str]]:
+    """Every variant this stage makes: each pruned model and what its CHAIN makes from it."""
+    out = []
+    for name in map(checks.pruned_name, sparsities):
+        out += [(name, parent.format, "cpu"), *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
+    return out
 
 
 def why_not(parent: variant.VariantMeta) -> str | None:
@@ -154,7 +157,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
         if reason:
-            write_skipped(tmp, _names(sparsities), reason, "prune", parent.name)
+            write_skipped(tmp, _names(parent, sparsities), reason, "prune", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context(ds, calibration_set(ds, calibration_samples),

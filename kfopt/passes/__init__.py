@@ -104,6 +104,20 @@ def skip(step: ModuleType, parent: variant.VariantMeta, out: Path, reason: str) 
                                  precision=step.PRECISION, **getattr(step, "SKIPPED_EXTRA", {}))
 
 
+def chained_names(chain: tuple[tuple[str, ...], ...], parent: variant.VariantMeta) -> list[tuple[str, str, str]]:
+    """(name, format, target) of every variant `follow` would make from `parent`: for the skipped stand-ins
+    a stage writes when it makes nothing."""
+    out = []
+    for sequence in chain:
+        meta = parent
+        for step in map(get, sequence):
+            name = step.name_for(meta)
+            out.append((name, step.FORMAT, step.TARGET))
+            meta = dataclasses.replace(meta, name=name, parent=meta.name, technique=technique(meta, step.TECHNIQUE),
+                                       format=step.FORMAT, precision=step.PRECISION)
+    return out
+
+
 def apply(step: ModuleType, parent_dir: Path, out_root: Path, ctx: Context, cfg: Any = None) -> variant.VariantMeta:
     """One pass on the variant at `parent_dir`, written under `out_root`; skipped with the reason if it refuses."""
     meta = variant.read(parent_dir, verify=False)
