@@ -106,6 +106,11 @@ class TensorRTConfig:
 
 
 @dataclasses.dataclass
+class OpenVINOConfig:
+    enabled: bool = True  # IR fp32 + NNCF int8 of every ONNX fp32 variant (settings: kfopt.passes.openvino.Config)
+
+
+@dataclasses.dataclass
 class XlaConfig:
     enabled: bool = True
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])  # one compiled program each
@@ -157,6 +162,7 @@ class RunConfig:
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     tensorrt: TensorRTConfig = dataclasses.field(default_factory=TensorRTConfig)
     xla: XlaConfig = dataclasses.field(default_factory=XlaConfig)
+    openvino: OpenVINOConfig = dataclasses.field(default_factory=OpenVINOConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
@@ -368,6 +374,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("tensorrt_int8", "tensorrt.int8", "Build trt_int8 from the quantize stage's symmetric-QDQ int8 ONNX."),
     ("xla_enabled", "xla.enabled", "Compile the baseline into XLA programs (TPU pool; verified on CPU without a TPU)."),
     ("xla_batch_sizes", "xla.batch_sizes", "Batch sizes of the XLA programs, one compiled program each (JSON list)."),
+    ("openvino_enabled", "openvino.enabled", "Make OpenVINO IR variants (fp32 and NNCF int8) of the ONNX fp32 variants, verified at every benchmarked batch size."),
     ("accuracy_budget", "verify.accuracy_budget", "Accuracy (percentage points) a variant may lose vs the baseline and still be chosen."),
     ("min_agreement", "verify.min_agreement", "Minimum top-1 agreement with the baseline's predictions."),
     ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),
