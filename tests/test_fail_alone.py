@@ -130,6 +130,14 @@ def test_stage_leaves_one_failed_variant_with_the_reason(failed_sets, name):
     assert json.loads(metrics.read_text()) == {"failed": 1.0}  # metrics written: local caching keeps working
 
 
+def test_a_failed_variant_has_no_model_to_load(failed_sets):
+    from kfopt import formats
+    from kfopt.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="'prune' was failed .*prune stage: .*no model to run"):
+        formats.load(failed_sets["prune"][0] / "prune")
+
+
 def test_the_reasons_name_what_broke(failed_sets):
     reasons = {name: variant.read(variant.discover(folder)[0]).reason for name, (folder, _, _) in failed_sets.items()}
     assert "FlatBuffer" in reasons["quantize"] and "FlatBuffer" in reasons["export"]

@@ -73,7 +73,7 @@ def device_missing(hardware: str, accelerator: str | None = None) -> str | None:
 def load(variant_dir: Path, threads: int | None = None, verify: bool = True) -> Runner:
     """Load a variant folder as a Runner (checksums checked first)."""
     meta = variant.read(variant_dir, verify=verify)
-    if meta.skipped:
-        raise ArtifactError(f"Variant {meta.name!r} was skipped ({meta.reason}); it has no model to run.")
+    if meta.status != "ok":  # skipped, or failed (kfopt.stage.optional_stage)
+        raise ArtifactError(f"Variant {meta.name!r} was {meta.status} ({meta.reason}); it has no model to run.")
     module = importlib.import_module(get(meta.format).module)
     return module.load(Path(variant_dir), meta, threads=threads)
