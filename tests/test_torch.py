@@ -121,6 +121,39 @@ def test_tpu_row_is_skipped_with_the_honest_reason(own, data, tmp_path):
     assert meta.skipped and "torch_xla" in meta.reason and "StableHLO" in meta.reason
 
 
+def test_structured_pruning_removes_channels_and_is_timed_against_unpruned(own, data, tmp_path):
+    from kfopt.optimize import prune
+
+    prune.run(own["dir"], data["std"], tmp_path / "pruned", sparsities=[0.5], epochs=2, calibration_samples=64)
+    meta = variant.read(tmp_path / "pruned" / "pruned_50")
+    assert (meta.status, meta.format, meta.technique) == ("ok", "torch", "prune")
+    assert meta.extra["macs_after"] < 0.5 * meta.extra["macs_before"]  # half the channels of both convolutions
+    assert meta.extra["parameters_after"] < 0.5 * meta.extra["parameters_before"]
+    program = torch_fmt.load_program(tmp_path / "pruned" / "pruned_50" / torch_fmt.FILENAME)
+    assert program.state_dict["conv1.weight"].shape[0] == 16 and program.state_dict["out.weight"].shape[0] == 10
+    latency = meta.extra["latency_vs_unpruned"]
+    for bs in ("1", "64"):  # measured, not asserted faster: a pruning that does not speed up says so
+        assert latency[bs]["speedup"] == pytest.approx(latency[bs]["unpruned_p50_ms"] / latency[bs]["pruned_p50_ms"],
+                                                       rel=1e-2)
+    assert latency["speeds_up"] == (latency["64"]["speedup"] > 1)
+    assert "in_stage_check" in meta.extra
+    x, _ = ds_mod.read(data["std"]).split("test")
+    onnx_dir = tmp_path / "pruned" / "pruned_50_onnx_fp32"
+    np.testing.assert_allclose(formats.load(onnx_dir).predict(x), formats.load(onnx_dir.parent / "pruned_50").predict(x),
+                               atol=1e-5)
+    assert variant.read(tmp_path / "pruned" / "pruned_50_onnx_int8").status == "ok"
+
+
+def test_a_brought_program_is_not_pruned_or_distilled(resnet_pt2, data, tmp_path):
+    from kfopt.optimize import distill, prune
+
+    prune.run(resnet_pt2["baseline"], data["raw"], tmp_path / "pruned", sparsities=[0.5], epochs=2)
+    distill.run(resnet_pt2["baseline"], data["raw"], tmp_path / "distilled", epochs=1)
+    for vdir in variant.discover(tmp_path):
+        meta = variant.read(vdir)
+        assert meta.skipped and ("pruning" in meta.reason or "distillation" in meta.reason), meta.name
+
+
 # -- models kfopt did not build, brought as .pt2 ---------------------------------------------------------
 
 

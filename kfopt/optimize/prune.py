@@ -153,6 +153,12 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples)}
     parent = variant.read(baseline_dir)
+    if enabled and parent.framework == "torch" and not passes.lacks(parent, "prune"):
+        from kfopt.optimize import torch_prune  # kfopt's own torch model: structured channel pruning
+
+        return torch_prune.run(baseline_dir, dataset_dir, out_dir, sparsities=sparsities, epochs=epochs,
+                               calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
+                               min_agreement=min_agreement, fallback_max_attempts=fallback_max_attempts)
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
