@@ -226,7 +226,8 @@ def technique_details(report: dict[str, Any]) -> list[str]:
         if isinstance(fallback, dict):
             kept = ", ".join(fallback.get("float_layers") or []) or "none"
             out.append(f"{r['name']}: int8 in-stage check on the {fallback.get('checked_on', 'validation split')}; "
-                       f"{len(fallback.get('attempts', []))} attempt(s); kept in float: {kept}")
+                       f"{len(fallback.get('attempts', []))} attempt(s); kept in float: {kept}"
+                       + (f"; no retry: {fallback['no_retry']}" if fallback.get("no_retry") else ""))
         check = _maybe_json(extra.get("in_stage_check"))
         if isinstance(check, dict) and not isinstance(fallback, dict):
             out.append(f"{r['name']}: in-stage check against the baseline on the validation split "

@@ -181,3 +181,35 @@ def test_only_adapters_runners_and_the_allowed_keras_code_import_tensorflow():
     for stage in ("export.py", "optimize/quantize.py", "optimize/gate.py", "accelerate/xla_stage.py",
                   "models/existing.py", "passes/tflite_int8.py", "passes/ort_int8.py"):
         assert f"kfopt/{stage}" not in offenders
+
+
+def test_fallback_does_not_retry_what_only_the_parent_lost(tmp_path):
+    """with_fallback's decision, with a check whose answers are chosen (the check itself is tested above): an
+    int8 attempt as accurate as its float parent leaves nothing for kept-in-float layers to win back."""
+    from kfopt.passes.fallback import with_fallback
+
+    n = 100
+    y = np.arange(n) % 10
+    onehot = np.eye(10, dtype=np.float32)
+    wrong_once = onehot[y].copy()
+    wrong_once[0] = onehot[(y[0] + 1) % 10]
+
+    @dataclasses.dataclass
+    class Chosen(check_mod.InStageCheck):
+        def check(self, variant_dir):
+            return self.compare(wrong_once)  # every attempt loses exactly what the parent lost
+
+    def make(vdir, float_layers):
+        vdir.mkdir(parents=True)
+        return variant.write(vdir, _meta("pruned_50_tflite_int8", "tflite", "int8", "keras", parent="pruned_50"))
+
+    ranked = []
+    check = Chosen(np.zeros((n, 1)), y, onehot[y], "multiclass", 0.5, 0.9, spent_pp=1.0)
+    meta = with_fallback(make, lambda: ranked.append(1) or [("conv", 1.0)], check, tmp_path / "v", 3, "test")
+    fallback = meta.extra["fallback"]
+    assert len(fallback["attempts"]) == 1 and not ranked and "already spent 1.00 pp" in fallback["no_retry"]
+    assert meta.extra[check_mod.KEY]["budget_left_pp"] == 0.0 and not meta.extra[check_mod.KEY]["passed"]
+    # a parent that spent nothing: the same miss is the quantization's, so the layers are ranked and retried
+    fresh = dataclasses.replace(check, spent_pp=0.0, accuracy_budget=0.0)
+    meta = with_fallback(make, lambda: ranked.append(1) or [("conv", 1.0)], fresh, tmp_path / "w", 3, "test")
+    assert ranked and len(meta.extra["fallback"]["attempts"]) == 2 and meta.extra["fallback"]["no_retry"] is None

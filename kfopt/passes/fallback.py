@@ -3,8 +3,9 @@
 A pass gives `with_fallback` a `make(dir, float_layers)` that writes its variant with those layers
 (names as its converter knows them) left unquantized, and a `rank()` that lists layers worst first with
 their error. The first attempt quantizes everything; when it misses the in-stage check, retry k keeps
-the 2**(k-1) worst layers in float, at most `max_attempts` retries. The best attempt is always kept: a
-pass never ends with "no model met the goal, nothing saved".
+the 2**(k-1) worst layers in float, at most `max_attempts` retries, none when the variant is already as
+accurate as its float parent (the miss is the parent's loss). The best attempt is always kept: a pass
+never ends with "no model met the goal, nothing saved".
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from typing import Any, Callable
 
 from kfopt import variant
 from kfopt.passes.check import KEY, InStageCheck
+
+
+def _parents_loss(result: dict[str, Any], check: InStageCheck) -> bool:
+    """True when the miss is the parent's, not the quantization's: the variant agrees well enough and is as
+    accurate as its float parent, so keeping layers in float cannot bring back what the parent lost."""
+    return (result["agreement"] >= check.min_agreement
+            and -result["accuracy_delta_pp"] <= check.spent_pp + 1e-9 and check.spent_pp > 0)
 
 
 def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: Callable[[], list[tuple[str, float]]],
@@ -31,6 +39,7 @@ def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: 
     results: list[dict[str, Any]] = []
     ranking: list[tuple[str, float]] | None = None
     best: tuple[tuple, int] | None = None
+    no_retry = None
     try:
         for attempt in range(max_attempts + 1):
             keep: list[str] = []
@@ -56,6 +65,10 @@ def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: 
                 best = (key, len(attempts) - 1)
             if result["passed"]:
                 break
+            if _parents_loss(result, check):
+                no_retry = (f"as accurate as its float parent, which had already spent {check.spent_pp:.2f} pp: "
+                            "keeping layers in float cannot bring that back")
+                break
         chosen = attempts[best[1]]
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.move(str(staging / str(best[1])), str(out_dir))
@@ -66,7 +79,7 @@ def with_fallback(make: Callable[[Path, list[str]], variant.VariantMeta], rank: 
     meta.extra["fallback"] = {
         "checked_on": check.describe(), "budget_left_pp": round(check.budget_left_pp, 4),
         "passed": chosen["passed"], "attempts": attempts, "chosen_attempt": best[1],
-        "float_layers": chosen["float_layers"],
+        "float_layers": chosen["float_layers"], "no_retry": no_retry,
         "layer_error_metric": error_metric,
         "layer_errors": [{"layer": n, "error": round(e, 6)} for n, e in (ranking or [])][:20],
     }
