@@ -234,10 +234,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=_seconds, default=3.0, help="seconds per network check (default: 3)")
     d.set_defaults(func=cmd_doctor)
 
-    from kfopt import cli_cluster, cli_models
+    from kfopt import cli_cluster, cli_models, cli_serve
 
     cli_cluster.register(sub)
     cli_models.register(sub)
+    cli_serve.register(sub)
     return p
 
 
