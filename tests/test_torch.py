@@ -154,6 +154,23 @@ def test_a_brought_program_is_not_pruned_or_distilled(resnet_pt2, data, tmp_path
         assert meta.skipped and ("pruning" in meta.reason or "distillation" in meta.reason), meta.name
 
 
+def test_pt2e_int8_runs_compiled_and_agrees_with_the_baseline(own, data, tmp_path):
+    """torchao's X86InductorQuantizer through the quantize stage, run by torch.compile (Inductor, freezing)."""
+    from kfopt.optimize import quantize
+
+    quantize.run(own["dir"], data["std"], tmp_path / "q", qat=False, calibration_samples=64)
+    meta = variant.read(tmp_path / "q" / "pt2e_int8")
+    assert (meta.status, meta.format, meta.precision) == ("ok", "torch_pt2e", "int8")
+    assert meta.extra["in_stage_check"]["passed"], meta.extra["in_stage_check"]
+    runner = formats.load(tmp_path / "q" / "pt2e_int8", threads=1)
+    ops = {str(n.target) for n in runner.program.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in op for op in ops) and any("dequantize_per_channel" in op for op in ops)
+    x, _ = ds_mod.read(data["std"]).split("test")
+    base = adapter.predict(adapter.load(own["dir"]), x)
+    assert (bench.predict_all(runner, x).argmax(1) == base.argmax(1)).mean() >= 0.97
+    assert variant.read(tmp_path / "q" / "tflite_int8").skipped  # Keras-only, said so
+
+
 # -- models kfopt did not build, brought as .pt2 ---------------------------------------------------------
 
 

@@ -69,14 +69,15 @@ def static_batch(program) -> int | None:
     return int(shape[0]) if shape is not None and len(shape) and isinstance(shape[0], int) else None
 
 
-def run_module(module, x: np.ndarray, batch: int = 256, fixed: int | None = None) -> np.ndarray:
-    """`module`'s float32 outputs on `x` in batches (of exactly `fixed` rows, the last one padded)."""
+def run_module(module, x: np.ndarray, batch: int = 256, fixed: int | None = None, mode=None) -> np.ndarray:
+    """`module`'s float32 outputs on `x` in batches (of exactly `fixed` rows, the last one padded), under
+    `mode` (default torch.inference_mode)."""
     import torch
 
     x = np.ascontiguousarray(x, np.float32)
     step = fixed or batch
     outs = []
-    with torch.inference_mode():
+    with (mode or torch.inference_mode)():
         for i in range(0, len(x), step):
             chunk = x[i:i + step]
             n = len(chunk)
