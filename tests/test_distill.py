@@ -20,9 +20,12 @@ def test_student_is_smaller_learns_and_enters_the_int8_chain(digits_small, tmp_p
     assert int8.parent == "student" and int8.input.dtype == "int8" and "fallback" in int8.extra
     # half the filters/units: about a quarter of the parameters
     assert metrics["student_parameters"] < 0.35 * metrics["teacher_parameters"]
+    onnx_int8 = variant.read(out / "student_onnx_int8")  # the declared CHAIN: student → ONNX → ORT int8
+    assert onnx_int8.parent == "student_onnx_fp32" and variant.read(out / "student_onnx_fp32").parent == "student"
+    assert metrics["variants"] == 4 == len(variant.discover(out))
     x, y = ds_mod.read(digits_small["dataset"]).split("test")
-    for vdir in (out / "student", out / "student_tflite_int8"):
-        assert verify.quality(bench.predict_all(formats.load(vdir), x), y, "multiclass")["accuracy"] > 0.85
+    for name in ("student", "student_tflite_int8", "student_onnx_fp32", "student_onnx_int8"):
+        assert verify.quality(bench.predict_all(formats.load(out / name), x), y, "multiclass")["accuracy"] > 0.85
 
 
 def test_binary_student(cancer_small, tmp_path):

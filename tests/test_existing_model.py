@@ -81,7 +81,8 @@ def test_mobilenet_goes_through_every_technique(mobilenet):
             assert probs.shape == (len(x), 3) and np.isfinite(check["max_abs_error"]), meta.name
             names.add(meta.name)
     assert names == {"tflite_dynamic", "tflite_fp16", "tflite_int8", "onnx_int8", "onnx_int8_trt", "tflite_qat_int8",
-                     "pruned_50", "pruned_50_tflite_int8", "student", "student_tflite_int8"}
+                     "pruned_50", "pruned_50_tflite_int8", "pruned_50_onnx_fp32", "pruned_50_onnx_int8",
+                     "student", "student_tflite_int8", "student_onnx_fp32", "student_onnx_int8"}
     assert variant.read(root / "quantized" / "tflite_int8").input.dtype == "int8"
     assert variant.read(root / "pruned" / "pruned_50").extra["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
     student = variant.read(root / "distilled" / "student")

@@ -27,7 +27,7 @@ def test_schedule_ends_on_a_multiple_of_the_frequency_before_training_does():
 def test_target_sparsity_is_reached_per_layer_and_overall(pruned):
     out, metrics = pruned
     assert {variant.read(d).name for d in variant.discover(out)} == {
-        "pruned_50", "pruned_50_tflite_int8", "pruned_80", "pruned_80_tflite_int8"}
+        f"pruned_{n}{suffix}" for n in (50, 80) for suffix in ("", "_tflite_int8", "_onnx_fp32", "_onnx_int8")}
     for target, name in ((0.5, "pruned_50"), (0.8, "pruned_80")):
         meta = variant.read(out / name)
         sparsity = meta.extra["sparsity"]
@@ -42,7 +42,8 @@ def test_pruned_models_stay_accurate(pruned, digits_small):
     out, _ = pruned
     x, y = ds_mod.read(digits_small["dataset"]).split("test")
     base = bench.predict_all(formats.load(digits_small["baseline"]), x)
-    for name in ("pruned_50", "pruned_50_tflite_int8", "pruned_80", "pruned_80_tflite_int8"):
+    for name in ("pruned_50", "pruned_50_tflite_int8", "pruned_50_onnx_int8", "pruned_80", "pruned_80_tflite_int8",
+                 "pruned_80_onnx_int8"):
         check = verify.compare(bench.predict_all(formats.load(out / name), x), base, y, "multiclass", 5.0, 0.9)
         assert check["passed"], (name, check)
 
@@ -62,10 +63,12 @@ def test_pruned_80_int8_gzipped_is_8x_smaller_than_the_fp32_savedmodel(pruned, d
     assert pruned80.extra["size_gzip_bytes"] < 0.5 * base_gzip
 
 
-def test_switched_off_writes_skipped_pairs(digits_small, tmp_path):
+def test_switched_off_writes_skipped_stand_ins_for_the_whole_chain(digits_small, tmp_path):
     prune.run(digits_small["baseline"], digits_small["dataset"], tmp_path / "p", enabled=False, sparsities=[0.8])
-    metas = [variant.read(d) for d in variant.discover(tmp_path / "p")]
-    assert sorted(m.name for m in metas) == ["pruned_80", "pruned_80_tflite_int8"] and all(m.skipped for m in metas)
+    metas = {variant.read(d).name: variant.read(d) for d in variant.discover(tmp_path / "p")}
+    assert sorted(metas) == ["pruned_80", "pruned_80_onnx_fp32", "pruned_80_onnx_int8", "pruned_80_tflite_int8"]
+    assert all(m.skipped for m in metas.values())
+    assert (metas["pruned_80_onnx_int8"].format, metas["pruned_80_tflite_int8"].target) == ("onnx", "edge")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ in softmax/sigmoid). The teacher's probabilities on the training split are compu
 weights with the best validation accuracy are kept. Variants:
 
     student              fp32 SavedModel
-    student_tflite_int8  its full-integer int8 TFLite: the passes the stage's CHAIN declares
+    student_tflite_int8  its full-integer int8 TFLite
+    student_onnx_fp32    its ONNX export, and student_onnx_int8 its ORT static int8 (all three by CHAIN)
 
 Distillation needs the teacher's own code: the baseline's framework (kfopt.json) must have the
 "distill" capability, and the student is derived from a Keras layer graph (a model of another
@@ -37,11 +38,11 @@ from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.optimize import channels, checks
-from kfopt.passes import FINE_TUNE_BATCH, tflite_int8
+from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
 from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
 
 #: the passes that follow the student (kfopt.passes.follow)
-CHAIN = (("tflite_int8",),)
+CHAIN = (("tflite_int8",), ("onnx_export", "ort_int8"))
 #: the frameworks whose layer graph a student is derived from here
 DISTILLS = ("keras",)
 LEARNING_RATE = 1e-3
@@ -181,11 +182,20 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
         temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
-        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3,
+        opset: int = 17) -> dict[str, Any]:
     checks.distill(student_width, temperature, alpha, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
-    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples)}
+    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
+               "onnx_export": onnx_export.Config(opset), "ort_int8": ort_int8.Config(fallback_max_attempts)}
     parent = variant.read(baseline_dir)
+    if enabled and parent.framework == "torch" and not passes.lacks(parent, "distill"):
+        from kfopt.optimize import torch_distill  # kfopt's own torch model: a narrower torch student
+
+        return torch_distill.run(baseline_dir, dataset_dir, out_dir, student_width=student_width,
+                                 temperature=temperature, alpha=alpha, epochs=epochs,
+                                 calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
+                                 min_agreement=min_agreement, configs=configs, chain=CHAIN)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
         if reason:

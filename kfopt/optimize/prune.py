@@ -12,6 +12,7 @@ sparsity:
 
     pruned_<NN>              fp32 SavedModel, sparsity per layer and overall in kfopt.json
     pruned_<NN>_tflite_int8  its full-integer int8 TFLite (the size win multiplies after gzip)
+    pruned_<NN>_onnx_fp32    its ONNX export, and pruned_<NN>_onnx_int8 its ORT static int8
 
 Pruning needs the model's own code: the baseline's framework (kfopt.json) must have the "prune"
 capability, and tfmot prunes Keras models (a model of another framework gets skipped variants with
@@ -33,11 +34,11 @@ from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.optimize import checks
-from kfopt.passes import FINE_TUNE_BATCH, tflite_int8
+from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
 from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
 
 #: the passes that follow each pruned fp32 model (kfopt.passes.follow)
-CHAIN = (("tflite_int8",),)
+CHAIN = (("tflite_int8",), ("onnx_export", "ort_int8"))
 #: the frameworks this stage's pruner (tfmot) handles
 PRUNES = ("keras",)
 
@@ -147,11 +148,13 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
         sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
-        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3) -> dict[str, Any]:
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3,
+        opset: int = 17) -> dict[str, Any]:
     sparsities = [float(s) for s in sparsities]
     checks.prune(sparsities, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
-    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples)}
+    configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
+               "onnx_export": onnx_export.Config(opset), "ort_int8": ort_int8.Config(fallback_max_attempts)}
     parent = variant.read(baseline_dir)
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "prune"):
         from kfopt.optimize import torch_prune  # kfopt's own torch model: structured channel pruning
