@@ -11,8 +11,8 @@ fraction of channels removed from each prunable layer; the classifier head keeps
     pruned_<NN>_onnx_fp32    its ONNX export, then pruned_<NN>_onnx_int8 (ORT static int8), by CHAIN
 
 The pruned model is fine-tuned to recover the unpruned one's answers: the loss mixes the labels'
-cross-entropy with the unpruned model's softened outputs (knowledge distillation, temperature
-`TEMPERATURE`), and the epoch whose validation answers agree best with the unpruned model is kept,
+cross-entropy with the unpruned model's softened outputs (kfopt.optimize.torch_distill.distill_into,
+temperature `TEMPERATURE`), and the epoch whose validation answers agree best with the unpruned model is kept,
 since top-1 agreement is what the check against the baseline asks for besides accuracy. It is then
 checked against the baseline on the validation split like every pass. kfopt.json records the parameters and MACs before and after and the
 latency of pruned vs unpruned measured here in the same runtime (torch eager, one thread) at batch 1
@@ -29,12 +29,12 @@ from typing import Any
 from kfopt import passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
-from kfopt.optimize import checks
-from kfopt.passes import FINE_TUNE_BATCH, ort_int8
+from kfopt.optimize import checks, torch_distill
+from kfopt.passes import ort_int8
 from kfopt.passes.check import InStageCheck, calibration_set
 
 CHAIN = (("onnx_export", "ort_int8"),)
-LEARNING_RATE = 1e-3
+LEARNING_RATE = torch_distill.LEARNING_RATE
 TEMPERATURE = 2.0
 HARD_WEIGHT = 0.5  # of the labels' loss; the rest matches the unpruned model
 TIMED_BATCHES = (1, 64)
@@ -53,57 +53,6 @@ def _prune(module, feature_shape, ratio: float):
     after = tp.utils.count_ops_and_params(module, example)
     return {"macs_before": int(before[0]), "macs_after": int(after[0]),
             "parameters_before": int(before[1]), "parameters_after": int(after[1])}
-
-
-def _recover(student, teacher, ds: ds_mod.Dataset, epochs: int, seed: int) -> list[float]:
-    """Fine-tune `student` toward the labels and `teacher`'s outputs; keep the epoch agreeing best with the
-    teacher on the validation split. Returns that agreement per epoch."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    binary = ds.schema.task == "binary"
-    (xt, yt), (xv, _) = ds.split("train"), ds.split("val")
-    x, y = torch.from_numpy(np.ascontiguousarray(xt, np.float32)), torch.from_numpy(yt.astype(np.int64))
-    x_val = torch.from_numpy(np.ascontiguousarray(xv, np.float32))
-
-    def answers(module, inputs):
-        with torch.no_grad():
-            z = module.logits(inputs)
-        return (z.squeeze(-1) > 0).long() if binary else z.argmax(-1)
-
-    teacher.eval()
-    with torch.no_grad():
-        soft = teacher.logits(x) / TEMPERATURE
-    target_val = answers(teacher, x_val)
-    optimizer = torch.optim.Adam(student.parameters(), lr=LEARNING_RATE)
-    generator = torch.Generator().manual_seed(seed)
-    agreement, best, best_state = [], -1.0, None
-    for _ in range(epochs):
-        student.train()
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(order), FINE_TUNE_BATCH):
-            idx = order[i:i + FINE_TUNE_BATCH]
-            optimizer.zero_grad()
-            z = student.logits(x[idx])
-            if binary:
-                hard = F.binary_cross_entropy_with_logits(z.squeeze(-1), y[idx].float())
-                kd = F.binary_cross_entropy_with_logits(z / TEMPERATURE, torch.sigmoid(soft[idx]))
-            else:
-                hard = F.cross_entropy(z, y[idx])
-                kd = F.kl_div(F.log_softmax(z / TEMPERATURE, -1), F.softmax(soft[idx], -1), reduction="batchmean")
-            loss = HARD_WEIGHT * hard + (1 - HARD_WEIGHT) * kd * TEMPERATURE ** 2
-            loss.backward()
-            optimizer.step()
-        student.eval()
-        agreement.append(float((answers(student, x_val) == target_val).float().mean()))
-        if agreement[-1] > best:
-            best, best_state = agreement[-1], copy.deepcopy(student.state_dict())
-    if best_state is not None:
-        student.load_state_dict(best_state)
-    student.eval()
-    return agreement
 
 
 def _latency(unpruned, pruned, feature_shape) -> dict[str, Any]:
@@ -154,14 +103,16 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
             start = time.perf_counter()
             module = copy.deepcopy(unpruned)
             counts = _prune(module, shape, sparsity)
-            agreement = _recover(module, unpruned, ds, epochs, int(parent.params.get("seed", 1)))
+            history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
+                                                 alpha=HARD_WEIGHT, seed=int(parent.params.get("seed", 1)),
+                                                 keep="agreement")
             latency = _latency(unpruned, module, shape)
             meta = child_meta(parent, name, technique="prune", params={
                 "method": "structured channel pruning (torch-pruning, dependency graph, L2 group magnitude)",
                 "channel_ratio": sparsity, "epochs": epochs, "learning_rate": LEARNING_RATE,
                 "fine_tune": f"labels + unpruned model's outputs (T={TEMPERATURE:g}), best validation agreement kept"},
                 extra={**counts, "latency_vs_unpruned": latency,
-                       "val_agreement_with_unpruned": [round(a, 4) for a in agreement]})
+                       "val_agreement_with_unpruned": history["val_agreement"]})
             adapter.save(module, tmp / name)
             variant.write(tmp / name, meta)
             ctx.check.record(tmp / name)
