@@ -144,6 +144,20 @@ def test_structured_pruning_removes_channels_and_is_timed_against_unpruned(own, 
     assert variant.read(tmp_path / "pruned" / "pruned_50_onnx_int8").status == "ok"
 
 
+def test_distillation_into_a_narrower_torch_student(own, data, tmp_path):
+    from kfopt.optimize import distill
+
+    distill.run(own["dir"], data["std"], tmp_path / "d", epochs=3, student_width=0.5, calibration_samples=64)
+    meta = variant.read(tmp_path / "d" / "student")
+    assert (meta.status, meta.format, meta.technique) == ("ok", "torch", "distill")
+    assert meta.extra["parameters"] < 0.5 * meta.extra["teacher_parameters"]
+    program = torch_fmt.load_program(tmp_path / "d" / "student" / torch_fmt.FILENAME)
+    assert program.state_dict["conv1.weight"].shape[0] == 16  # half of the teacher's 32 filters
+    assert meta.extra["best_val_accuracy"] == max(meta.extra["history"]["val_accuracy"])
+    assert variant.read(tmp_path / "d" / "student_onnx_fp32").status == "ok"
+    assert variant.read(tmp_path / "d" / "student_tflite_int8").skipped
+
+
 def test_a_brought_program_is_not_pruned_or_distilled(resnet_pt2, data, tmp_path):
     from kfopt.optimize import distill, prune
 

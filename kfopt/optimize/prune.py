@@ -161,7 +161,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
 
         return torch_prune.run(baseline_dir, dataset_dir, out_dir, sparsities=sparsities, epochs=epochs,
                                calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
-                               min_agreement=min_agreement, fallback_max_attempts=fallback_max_attempts)
+                               min_agreement=min_agreement, configs=configs, chain=CHAIN)
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)

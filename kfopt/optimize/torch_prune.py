@@ -8,7 +8,8 @@ coupled channels at once, so the pruned network stays consistent. For each `spar
 fraction of channels removed from each prunable layer; the classifier head keeps its units):
 
     pruned_<NN>              fp32 .pt2 of the pruned, fine-tuned module (torch eager)
-    pruned_<NN>_onnx_fp32    its ONNX export, then pruned_<NN>_onnx_int8 (ORT static int8), by CHAIN
+    pruned_<NN>_onnx_fp32    its ONNX export, then pruned_<NN>_onnx_int8 (ORT static int8): the prune
+                             stage's CHAIN (whose TFLite int8 is skipped with the reason for torch)
 
 The pruned model is fine-tuned to recover the unpruned one's answers: the loss mixes the labels'
 cross-entropy with the unpruned model's softened outputs (kfopt.optimize.torch_distill.distill_into,
@@ -30,10 +31,8 @@ from kfopt import passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
 from kfopt.optimize import checks, torch_distill
-from kfopt.passes import ort_int8
 from kfopt.passes.check import InStageCheck, calibration_set
 
-CHAIN = (("onnx_export", "ort_int8"),)
 LEARNING_RATE = torch_distill.LEARNING_RATE
 TEMPERATURE = 2.0
 HARD_WEIGHT = 0.5  # of the labels' loss; the rest matches the unpruned model
@@ -82,15 +81,14 @@ def _latency(unpruned, pruned, feature_shape) -> dict[str, Any]:
 
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: list[float], epochs: int,
-        calibration_samples: int, accuracy_budget: float, min_agreement: float,
-        fallback_max_attempts: int, log=print) -> dict[str, Any]:
-    """Every pruned model of the torch baseline at `baseline_dir`, fine-tuned, and its CHAIN, under `out_dir`."""
+        calibration_samples: int, accuracy_budget: float, min_agreement: float, configs: dict[str, Any],
+        chain, log=print) -> dict[str, Any]:
+    """Every pruned model of the torch baseline at `baseline_dir`, fine-tuned, then `chain`, under `out_dir`."""
     import tempfile
 
     from kfopt.frameworks import torch as adapter
 
     parent = variant.read(baseline_dir)
-    configs = {"ort_int8": ort_int8.Config(fallback_max_attempts)}
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
@@ -116,7 +114,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
             adapter.save(module, tmp / name)
             variant.write(tmp / name, meta)
             ctx.check.record(tmp / name)
-            passes.follow(CHAIN, tmp / name, tmp, ctx, configs)
+            passes.follow(chain, tmp / name, tmp, ctx, configs)
             speed = latency[str(TIMED_BATCHES[-1])]["speedup"]
             log(f"  {name}: {counts['parameters_before']} → {counts['parameters_after']} parameters, "
                 f"{speed:.2f}× {'faster' if speed > 1 else 'NOT faster'} than unpruned at batch "
