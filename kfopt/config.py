@@ -150,6 +150,19 @@ class PublishConfig:
 
 
 @dataclasses.dataclass
+class DeployConfig:
+    enabled: bool = False  # a KServe InferenceService per promoted target (kfopt.deploy); needs KServe and RBAC
+    apply: bool = True  # false: only write the manifests into the registry (GitOps)
+    namespace: str = "kfopt"
+    canary_percent: int = 100  # traffic share of an updated model (KServe Serverless mode only); 100: no canary
+    timeout_s: float = 600.0  # per InferenceService, until Ready
+    mode: str = "Serverless"  # KServe deployment mode: Serverless (Knative, canaries) or RawDeployment
+    deployment: str = ""  # deployment file whose node pools serve the models; empty: the one compiled with
+    triton_version: str = "25.06-py3"  # Triton runtime image tag (KServe runtimeVersion) for ONNX and TensorRT
+    triton_tensorrt: str = "10.11"  # the TensorRT in that image: a TensorRT plan must have been built with it
+
+
+@dataclasses.dataclass
 class RunConfig:
     name: str = "digits_cnn"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -167,6 +180,7 @@ class RunConfig:
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     publish: PublishConfig = dataclasses.field(default_factory=PublishConfig)
+    deploy: DeployConfig = dataclasses.field(default_factory=DeployConfig)
     deployment: str = "cpu-only"
 
 
@@ -221,6 +235,7 @@ def from_dict(raw: dict) -> RunConfig:
     cfg = _build(RunConfig, raw, "")
     if not cfg.publish.model_name and not cfg.model.uri and cfg.name != cfg.model.architecture:
         cfg.publish.model_name = cfg.name  # else left empty: the stages name it (kfopt.publish.resolve_name)
+    cfg.deploy.deployment = cfg.deploy.deployment or cfg.deployment  # the deploy stage places predictors by it
     validate(cfg)
     return cfg
 
@@ -390,6 +405,15 @@ PARAMS: list[tuple[str, str, str]] = [
     ("model_name", "publish.model_name", "Name the models are published under in the registry; empty: a brought model's file/folder name (model_uri), else the architecture's."),
     ("accuracy_tolerance_pp", "publish.accuracy_tolerance_pp", "Accuracy (pp) a new model may lose vs the promoted one and still replace it."),
     ("latency_tolerance", "publish.latency_tolerance", "Relative p50 latency a new model may add vs the promoted one (same environment only)."),
+    ("deploy_enabled", "deploy.enabled", "Serve each promoted target's model as a KServe InferenceService (needs KServe and the RBAC of manifests/)."),
+    ("deploy_apply", "deploy.apply", "Apply the InferenceServices and wait until Ready; false: only write them into the registry (GitOps)."),
+    ("deploy_namespace", "deploy.namespace", "Namespace of the InferenceServices."),
+    ("deploy_canary_percent", "deploy.canary_percent", "Traffic share (1-100) an updated model takes as a canary; 100: no canary. Needs KServe's Serverless mode."),
+    ("deploy_timeout_s", "deploy.timeout_s", "Seconds to wait for each InferenceService to become Ready."),
+    ("deploy_mode", "deploy.mode", "KServe deployment mode: Serverless (Knative; canaries) or RawDeployment (no canary: updates replace)."),
+    ("deploy_deployment", "deploy.deployment", "Deployment file (name) whose node pools serve the models; kfopt compile sets the one it compiles for."),
+    ("deploy_triton_version", "deploy.triton_version", "Triton image tag for ONNX and TensorRT models (KServe runtimeVersion)."),
+    ("deploy_triton_tensorrt", "deploy.triton_tensorrt", "TensorRT version in that Triton image; a TensorRT plan built with another is refused."),
 ]
 
 

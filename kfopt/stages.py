@@ -143,6 +143,15 @@ STAGES: tuple[Stage, ...] = (
           inputs={"report_dir": "report.report_dir", "dataset_dir": "augment.augmented"},
           outputs={"blessings": "Artifact", "markdown": "Markdown", "metrics": "Metrics"},
           fan_in="variant_roots", cache=False),
+    # Never cached: it talks to the cluster, whose state a cached result would not see.
+    Stage("deploy", "kfopt.deploy:run",
+          "each promoted target's model as a KServe InferenceService on its node pool (off by default).",
+          knobs={"enabled": "deploy.enabled", "apply_manifests": "deploy.apply", "namespace": "deploy.namespace",
+                 "canary_percent": "deploy.canary_percent", "timeout_s": "deploy.timeout_s", "mode": "deploy.mode",
+                 "deployment": "deploy.deployment", "triton_version": "deploy.triton_version",
+                 "triton_tensorrt": "deploy.triton_tensorrt"},
+          inputs={"publish_dir": "publish.blessings"}, outputs={"deployed": "Artifact", "metrics": "Metrics"},
+          cache=False, resources="small"),
 )
 
 BY_NAME = {s.name: s for s in STAGES}
