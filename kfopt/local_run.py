@@ -162,7 +162,8 @@ def _run_pipeline(pipeline, cfg: cfg_mod.RunConfig, run_dir: Path, cache_root: P
         if _finished_tasks(run_dir / "pipeline.log"):  # keep what finished: the cache points at it
             for path in resume.leftovers(run_dir):
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            (run_dir / FAILED).write_text(detail + "\n")
+            with contextlib.suppress(OSError):  # a full disk: the message below still says it all
+                (run_dir / FAILED).write_text(detail + "\n")
             raise KfoptError(f"{detail} (full log: {run_dir / 'pipeline.log'}; fix the cause and run again: the "
                              "stages that finished come from the cache)") from None
         log = run_dir.with_name(run_dir.name + ".failed.log")

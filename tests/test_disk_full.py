@@ -150,14 +150,17 @@ def test_disk_full_is_recognised_in_every_shape():
     assert not diskfull.is_disk_full(MemoryError("out of memory"))
 
 
-def test_kfopt_run_on_a_full_runs_dir_says_so_in_one_line_and_leaves_no_run(small_disk):
+def test_kfopt_run_on_a_full_runs_dir_says_so_in_one_line_and_keeps_only_finished_stages(small_disk):
     disk = small_disk(free=200 * 1024)  # the 600-sample splits fit; the augmented copy does not
     done = disk.command([KFOPT, "run", "--runs-dir", str(disk.path), "--set", "data.limit=600"])
     assert done.returncode == 2, (disk.method, done.stdout[-2000:], done.stderr[-2000:])
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("kfopt: error: kfopt augment: No space left on ") and "Traceback" not in done.stdout
     assert "/augment/augmented; free space there or point the pipeline root (kfopt run --runs-dir" in line
-    assert not [p for p in disk.path.glob("digits_cnn-*") if p.is_dir()], "a half-made run folder is left"
+    # what finished (preprocess) stays for the cache once space is freed; nothing half-written does
+    (kept,) = [p for p in disk.path.glob("digits_cnn-*") if p.is_dir()]
+    assert "come from the cache" in line and list(kept.glob("pipeline/*/preprocess/dataset/schema.json"))
+    assert not list(kept.glob("pipeline/*/augment/augmented/*"))
     assert not _hidden_leftovers(disk.path)
 
 

@@ -77,12 +77,15 @@ def test_report_of_missing_or_unfinished_run(tmp_path, capsys):
 
 
 def test_failed_stage_is_one_message_and_no_run_left(tmp_path, capsys):
-    assert main(["run", "--runs-dir", str(tmp_path), "--data", str(tmp_path / "missing.csv")]) == 2
+    """A stage that fails before any other finished leaves no run folder, only its log."""
+    data = tmp_path / "tiny.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    assert main(["run", "--runs-dir", str(tmp_path), "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "kfopt preprocess:" in err and "missing.csv" in err and "Traceback" not in err
+    assert "kfopt preprocess:" in err and "at least 50" in err and "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("digits_cnn-")]
     (log,) = tmp_path.glob("digits_cnn-*.failed.log")
-    assert "missing.csv" in log.read_text() and str(log) in err
+    assert "at least 50" in log.read_text() and str(log) in err
 
 
 def test_unknown_architecture_fails_before_running(tmp_path, capsys):
