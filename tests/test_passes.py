@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kfopt import formats, passes, variant
+from kfopt import formats, passes, stages, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.passes import check as check_mod
 from kfopt.passes import onnx_export, ort_int8, ort_int8_trt, qat, tflite_int8
@@ -213,3 +213,20 @@ def test_fallback_does_not_retry_what_only_the_parent_lost(tmp_path):
     fresh = dataclasses.replace(check, spent_pp=0.0, accuracy_budget=0.0)
     meta = with_fallback(make, lambda: ranked.append(1) or [("conv", 1.0)], fresh, tmp_path / "w", 3, "test")
     assert ranked and len(meta.extra["fallback"]["attempts"]) == 2 and meta.extra["fallback"]["no_retry"] is None
+
+
+@pytest.mark.parametrize("name", sorted(passes.PASSES))
+def test_every_pass_declares_the_same_surface(name):
+    """One shape for every technique: its name, what it makes, a Config whose every field says where it is
+    configured and what it does, and refusal/accepts/name_for/run."""
+    step = passes.get(name)
+    assert step.NAME == name
+    assert all(isinstance(getattr(step, k), str) for k in ("FORMAT", "PRECISION", "TARGET", "TECHNIQUE"))
+    fields = dataclasses.fields(step.Config)
+    assert dataclasses.is_dataclass(step.Config) and step.Config.__dataclass_params__.frozen
+    for field in fields:
+        assert field.metadata.get("config") and field.metadata.get("help"), (name, field.name)
+        stages.config_type(field.metadata["config"])  # a field of the run configuration (KeyError if not)
+    for function in ("refusal", "accepts", "name_for", "run"):
+        assert callable(getattr(step, function)), (name, function)
+    step.Config()  # the defaults are valid
