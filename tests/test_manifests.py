@@ -322,3 +322,12 @@ def test_namespace_enforces_pod_security_and_reports_restricted(rendered, path):
     assert labels["pod-security.kubernetes.io/enforce"] in ("baseline", "restricted")
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
     assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_pipeline_may_manage_inferenceservices_for_the_deploy_stage(rendered, path):
+    """kfopt.deploy reads, creates and replaces InferenceServices (never deletes): exactly those verbs."""
+    rules = [r for role in by_kind(rendered[path], "Role") for r in role["rules"]
+             if "serving.kserve.io" in r["apiGroups"]]
+    assert rules == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                      "verbs": ["get", "create", "update"]}]
