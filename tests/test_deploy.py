@@ -293,3 +293,37 @@ def test_rendered_inferenceservices_match_the_pinned_kserve_schema(run_outputs, 
     bad.write_text(yaml.safe_dump(bodies[0]))
     result = validate_with_schema(bad, SCHEMA)
     assert result.returncode != 0 and "nodeSelecter" in result.stderr
+
+
+def _as_tpu_xla(cpu_uri: str, registry: Path) -> dict:
+    """A copy of the cpu promotion laid out as a tpu XLA one (no TPU here to measure one on)."""
+    folder = registry / "models" / "deployment_models" / "tpu" / "digits" / "v1"
+    shutil.copytree(cpu_uri, folder)
+    meta = json.loads((folder / "model" / "kfopt.json").read_text())
+    meta.update(name="xla", format="xla", runtime="xla", target="tpu")
+    (folder / "model" / "kfopt.json").write_text(json.dumps(meta))
+    card = json.loads((folder / "model_card.json").read_text())
+    card["environment"]["hardware"] = "tpu"
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return {"decision": "promoted", "uri": str(folder), "variant": "xla", "serving_version": 1}
+
+
+@pytest.mark.parametrize("deployment", ["gke-tpu", "cpu-only"])
+def test_tpu_runs_kfopt_serve_on_the_tpu_pool_or_is_not_served_without_one(run_outputs, tmp_path,  # noqa: F811
+                                                                          deployment):
+    registry = tmp_path / "registry"
+    publish_dir = published(run_outputs, tmp_path, registry)
+    pub = json.loads((publish_dir / "publish.json").read_text())
+    pub["targets"]["tpu"] = _as_tpu_xla(pub["targets"]["cpu"]["uri"], registry)
+    (publish_dir / "publish.json").write_text(json.dumps(pub))
+    result = deployed(publish_dir, tmp_path / "deploy", None, deployment=deployment, apply_manifests=False)
+    tpu = result["targets"]["tpu"]
+    if deployment == "cpu-only":
+        assert tpu["decision"] == "not served" and "pool cpu, which has no tpu" in tpu["reason"]
+        return
+    (container,) = tpu["manifest"]["spec"]["predictor"]["containers"]
+    assert container["image"].endswith("/kfopt-tpu:0.1.0") and container["args"][1] == "serve"
+    assert container["resources"]["limits"]["google.com/tpu"] == "4"
+    assert tpu["manifest"]["spec"]["predictor"]["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice", "cloud.google.com/gke-tpu-topology": "2x2"}
+    assert validate_with_schema(tmp_path / "deploy" / "inferenceservices" / "tpu.yaml", SCHEMA).returncode == 0
