@@ -310,6 +310,17 @@ def test_brought_resnet_pt2_becomes_a_torch_baseline_and_exports(resnet_pt2, dat
     assert tflite.skipped and "torch" in tflite.reason
 
 
+def test_pt2_from_gcs(resnet_pt2, data, gcs, tmp_path):
+    """The same .pt2 from gs:// (a real GCS-protocol server on 127.0.0.1): the same baseline."""
+    from kfopt import storage
+
+    uri = gcs.uri("models/resnet.pt2")
+    storage.write_bytes(uri, resnet_pt2["path"].read_bytes())
+    metrics = existing.run(data["raw"], tmp_path / "b", model_uri=uri)
+    assert metrics["test_accuracy"] == resnet_pt2["metrics"]["test_accuracy"]
+    assert variant.read(tmp_path / "b").params["model_uri"] == uri
+
+
 def test_brought_mobilenet_pt2_ending_in_softmax_is_kept_as_is(data, tmp_path):
     path = _save_pt2(_fit(MobileNetV2(), data["raw"]), tmp_path / "mobilenet.pt2")
     brought = _bring(data, path, "mobilenet_baseline")
