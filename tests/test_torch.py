@@ -348,6 +348,11 @@ def test_static_batch_program_is_timed_only_at_its_batch(data, tmp_path, capsys)
     assert set(result["latency"]) == {"1"} and "runs only at batch 1" in result["not_timed"]["64"]
     with pytest.raises(ModelError, match="static batch of 1.*dynamic_shapes"):
         adapter.export_onnx(adapter.load(brought["baseline"]), meta.input)
+    from kfopt import export
+
+    export.run(brought["baseline"], tmp_path / "exports")  # the export stage says so instead of failing
+    onnx_meta = variant.read(tmp_path / "exports" / "onnx_fp32")
+    assert onnx_meta.skipped and "static batch of 1" in onnx_meta.reason and "dynamic_shapes" in onnx_meta.reason
 
 
 # -- ONNX brought from elsewhere --------------------------------------------------------------------------

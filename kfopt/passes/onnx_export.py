@@ -40,6 +40,12 @@ def refusal(meta: variant.VariantMeta) -> str | None:
     if meta.format != own or meta.precision != "fp32":
         return (f"ONNX export starts from the {meta.framework} model itself ({own}, fp32); "
                 f"{meta.name} is {meta.format} {meta.precision}")
+    batch = (meta.extra.get("input_check") or {}).get("static_batch")
+    if batch and meta.framework == "torch":
+        from kfopt.frameworks.torch import SAVE_HINT
+
+        return (f"the torch program was exported with a static batch of {batch}, so its ONNX could serve only "
+                f"that batch; to get ONNX, OpenVINO and TensorRT variants, {SAVE_HINT}")
     return None
 
 
