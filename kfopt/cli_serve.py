@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lt.add_argument("--concurrency", type=_levels, default=[1, 4, 8], help="comma-separated levels (default: 1,4,8)")
     lt.add_argument("--requests", type=_positive, default=400, help="requests per level (default: 400)")
     lt.add_argument("--batch", type=_positive, default=1, help="samples per request (default: 1)")
+    lt.add_argument("--binary", action="store_true",
+                    help="send inputs with the v2 binary tensor data extension instead of JSON numbers")
     lt.add_argument("--json", help="also write the figures to this JSON file")
     lt.set_defaults(func=_loadtest)
 

@@ -92,8 +92,8 @@ def render(*, name: str, namespace: str, model: str, target: str, version: int, 
         spec["serviceAccountName"] = service_account
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/part-of": "kfopt", "app.kubernetes.io/name": model,
+                         "labels": {"app.kubernetes.io/part-of": "kfopt", "app.kubernetes.io/name": name,
                                     "kfopt.dev/target": target},
-                         "annotations": {"serving.kserve.io/deploymentMode": mode,
+                         "annotations": {"serving.kserve.io/deploymentMode": mode, "kfopt.dev/model": model,
                                          "kfopt.dev/model-version": str(version), "kfopt.dev/variant": variant}},
             "spec": {"predictor": spec}}

@@ -78,15 +78,23 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _payloads(served: serve.Served, runner, batch: int, seed: int = 0) -> list[tuple[bytes, np.ndarray]]:
+def _payloads(served: serve.Served, runner, batch: int, binary: bool,
+              seed: int = 0) -> list[tuple[bytes, dict[str, str], np.ndarray]]:
+    """POOL request bodies with their headers and the in-process runner's answer to each."""
     rng = np.random.default_rng(seed)
     shape = [batch, *[d or 1 for d in served.sample_shape]]
     out = []
     for _ in range(POOL):
         x = rng.standard_normal(shape).astype(np.float32)
-        body = {"inputs": [{"name": served.meta.input.name, "shape": shape, "datatype": "FP32",
-                            "data": x.ravel().tolist()}]}
-        out.append((json.dumps(body).encode(), runner.predict(x)))
+        tensor: dict[str, Any] = {"name": served.meta.input.name, "shape": shape, "datatype": "FP32"}
+        if binary:  # the v2 binary tensor data extension: JSON header, then the raw little-endian FP32 bytes
+            head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+            headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+            body = head + x.astype("<f4").tobytes()
+        else:
+            headers = {"Content-Type": "application/json"}
+            body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+        out.append((body, headers, runner.predict(x)))
     return out
 
 
@@ -96,7 +104,16 @@ def in_process_p50(runner, x: np.ndarray) -> float:
     return time_calls(lambda: runner.predict(x), warmup=20, min_runs=30, max_seconds=2.0, target_ci=0.02)["p50_ms"]
 
 
-def _level(url: str, payloads: list[tuple[bytes, np.ndarray]], concurrency: int, total: int) -> dict[str, Any]:
+def _same(answer, expected: np.ndarray) -> bool:
+    """Whether a 200 answer holds the in-process runner's output for the same input."""
+    try:
+        data = np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+    return data.shape == (expected.size,) and np.allclose(data, expected.ravel(), atol=1e-5)
+
+
+def _level(url: str, payloads: list[tuple[bytes, dict[str, str], np.ndarray]], concurrency: int, total: int) -> dict[str, Any]:
     import requests
 
     counter, lock = itertools.count(), threading.Lock()
@@ -110,18 +127,16 @@ def _level(url: str, payloads: list[tuple[bytes, np.ndarray]], concurrency: int,
                 i = next(counter)
             if i >= total:
                 return
-            body, expected = payloads[i % len(payloads)]
+            body, headers, expected = payloads[i % len(payloads)]
             start = time.perf_counter()
             try:
-                answer = session.post(url, data=body, headers={"Content-Type": "application/json"},
-                                      timeout=REQUEST_TIMEOUT_S)
+                answer = session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
             except requests.RequestException:
                 with lock:
                     lost[0] += 1
                 continue
             elapsed = time.perf_counter() - start
-            good = answer.status_code == 200 and np.allclose(
-                np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32), expected.ravel(), atol=1e-5)
+            good = answer.status_code == 200 and _same(answer, expected)
             with lock:
                 if good:
                     latencies.append(elapsed)
@@ -143,7 +158,7 @@ def _level(url: str, payloads: list[tuple[bytes, np.ndarray]], concurrency: int,
 
 
 def run(served: serve.Served, levels: list[int], requests_per_level: int, batch: int = 1,
-        threads: int = 1) -> dict[str, Any]:
+        threads: int = 1, binary: bool = False) -> dict[str, Any]:
     """Start the server, measure the in-process p50, load each level; returns the figures."""
     import requests
 
@@ -152,15 +167,15 @@ def run(served: serve.Served, levels: list[int], requests_per_level: int, batch:
     if batch > served.max_batch:
         raise KfoptError(f"--batch {batch} is larger than the model's maximum batch {served.max_batch}.")
     runner = formats.load(served.variant_dir, threads=threads or None)
-    payloads = _payloads(served, runner, batch)
+    payloads = _payloads(served, runner, batch, binary)
     x = np.random.default_rng(1).standard_normal([batch, *[d or 1 for d in served.sample_shape]]).astype(np.float32)
     local_p50 = in_process_p50(runner, x)
     proc, base = start_server(served, threads)
     url = f"{base}/v2/models/{served.name}/infer"
     try:
         with requests.Session() as session:
-            for body, _ in payloads[:1] * WARMUP:
-                session.post(url, data=body, timeout=REQUEST_TIMEOUT_S)
+            for body, headers, _ in payloads[:1] * WARMUP:
+                session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
         rows = [_level(url, payloads, c, requests_per_level) for c in levels]
     finally:
         stop_server(proc)
@@ -169,14 +184,15 @@ def run(served: serve.Served, levels: list[int], requests_per_level: int, batch:
         row["samples_per_s"] = row["throughput_rps"] * batch if row["throughput_rps"] else None
     return {"model": served.name, "version": served.version, "variant": served.meta.name,
             "format": served.meta.format, "precision": served.meta.precision, "batch": batch, "threads": threads,
+            "encoding": "binary" if binary else "json",
             "in_process_p50_ms": local_p50, "levels": rows, "cores": os.cpu_count(),
             "note": "load generator and server on the same machine"}
 
 
 def text(result: dict[str, Any]) -> str:
     lines = [f"Load test: {result['model']} v{result['version']} ({result['variant']}: {result['format']} "
-             f"{result['precision']}), batch {result['batch']}, {result['threads']} runtime thread(s); "
-             f"{result['note']} ({result['cores']} cores)",
+             f"{result['precision']}), batch {result['batch']}, {result['encoding']} tensors, "
+             f"{result['threads']} runtime thread(s); {result['note']} ({result['cores']} cores)",
              f"In-process p50 (same runner, kfopt.bench harness): {result['in_process_p50_ms']:.3f} ms", "",
              f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'lost':>4} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'req/s':>8} {'overhead':>8}"]
@@ -197,7 +213,7 @@ def run_cli(args) -> int:
             served = serve.from_folder(Path(args.variant), None, args.max_batch)
         else:
             served = serve.from_registry(args.registry, args.model, args.target, Path(tmp), args.max_batch)
-        result = run(served, args.concurrency, args.requests, args.batch, args.threads)
+        result = run(served, args.concurrency, args.requests, args.batch, args.threads, args.binary)
     print(text(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

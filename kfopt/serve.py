@@ -11,7 +11,9 @@ python-dateutil<3 (pinned 4.0.0) and psutil<6 (pinned 7.2.2) and pulls pandas an
 
 Every request is checked against the variant's input spec (kfopt.json) before the runner sees it:
 a wrong name, datatype, rank, dimension or value count is a 400 with the reason, a batch (or a body)
-larger than the model's maximum batch a 413. The runner takes float32 features (int8 quantization
+larger than the model's maximum batch a 413. Input data comes as JSON or, with the protocol's binary
+tensor data extension, as raw FP32 bytes after the JSON header (no text parsing: what large inputs
+need); answers are JSON. The runner takes float32 features (int8 quantization
 happens inside it), so the served input datatype is FP32 for every format.
 """
 
@@ -182,12 +184,46 @@ def _check_shape(served: Served, shape: Any) -> list[int]:
     return shape
 
 
-def parse_request(served: Served, body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    """A v2 infer request body → (float32 batch shaped like the model's input, the request's JSON)."""
+def _values(spec: variant.TensorSpec, tensor: dict[str, Any], shape: list[int], raw: bytes) -> np.ndarray:
+    """The input's values: JSON `data`, or `binary_data_size` little-endian FP32 bytes after the JSON header."""
+    need = math.prod(shape)
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if size != len(raw):
+            raise RequestError(400, f"input {spec.name!r}: binary_data_size is {size} but {len(raw)} bytes follow the "
+                                    "JSON header (Inference-Header-Content-Length)")
+        if size != need * 4:
+            raise RequestError(400, f"input {spec.name!r}: {size} bytes of binary data; shape {shape} needs "
+                                    f"{need * 4} (FP32)")
+        return np.frombuffer(raw, dtype="<f4").reshape(shape)
+    if raw:
+        raise RequestError(400, f"{len(raw)} bytes follow the JSON header but no input has binary_data_size")
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise RequestError(400, f"input {spec.name!r}: data must be a list of numbers (flat or nested)")
+    try:
+        values = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        raise RequestError(400, f"input {spec.name!r}: data is not a (rectangular) list of numbers ({err})") from None
+    if values.size != need:
+        raise RequestError(400, f"input {spec.name!r}: data has {values.size} values; shape {shape} needs {need}")
+    return values.reshape(shape)
+
+
+def parse_request(served: Served, body: bytes, header_length: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A v2 infer request → (float32 batch shaped like the model's input, the request's JSON).
+
+    `header_length` (the Inference-Header-Content-Length header of the binary tensor data extension):
+    the JSON is that many leading bytes of the body and the input's data follows it as raw bytes.
+    """
     if len(body) > served.max_body_bytes():
         raise _too_large(served, len(body))
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} "
+                                "bytes")
+    head, raw = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     try:
-        request = json.loads(body)
+        request = json.loads(head)
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(400, f"the request body is not JSON ({err}); send a v2 infer request") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
@@ -202,22 +238,13 @@ def parse_request(served: Served, body: bytes) -> tuple[np.ndarray, dict[str, An
         raise RequestError(400, f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; the model takes FP32 "
                                 "(float features; quantization happens inside the model)")
     shape = _check_shape(served, tensor.get("shape"))
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise RequestError(400, f"input {spec.name!r}: data must be a list of numbers (flat or nested)")
-    try:
-        values = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError) as err:
-        raise RequestError(400, f"input {spec.name!r}: data is not a (rectangular) list of numbers ({err})") from None
-    if values.size != math.prod(shape):
-        raise RequestError(400, f"input {spec.name!r}: data has {values.size} values; shape {shape} needs "
-                                f"{math.prod(shape)}")
+    values = _values(spec, tensor, shape, raw)
     if not np.isfinite(values).all():
         raise RequestError(400, f"input {spec.name!r}: data holds NaN or infinite values")
     wanted = [o.get("name") for o in request.get("outputs") or [] if isinstance(o, dict)]
     if any(n != served.meta.output.name for n in wanted):
         raise RequestError(400, f"unknown output(s) {wanted}; the model's output is {served.meta.output.name!r}")
-    return values.reshape(shape), request
+    return values, request
 
 
 def _too_large(served: Served, size: int) -> RequestError:
@@ -264,7 +291,7 @@ def make_app(served: Served, runner):
 
     @app.get("/v2")
     def server_metadata():
-        return {"name": "kfopt", "version": __version__, "extensions": []}
+        return {"name": "kfopt", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
@@ -276,8 +303,8 @@ def make_app(served: Served, runner):
     def model_ready(model: str, version: str | None = None):
         return known(model, version) or {"name": served.name, "ready": True}
 
-    def predict(body: bytes) -> dict[str, Any]:
-        x, request = parse_request(served, body)
+    def predict(body: bytes, header_length: int | None) -> dict[str, Any]:
+        x, request = parse_request(served, body, header_length)
         with lock:
             y = runner.predict(x)
         return response(served, request, y)
@@ -291,11 +318,12 @@ def make_app(served: Served, runner):
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > served.max_body_bytes():
             return error(413, _too_large(served, int(length)).reason)
-        if "inference-header-content-length" in request.headers:
-            return error(400, "the binary tensor data extension is not supported; send the data as JSON")
+        header = request.headers.get("inference-header-content-length")
+        if header is not None and not header.isdigit():
+            return error(400, f"Inference-Header-Content-Length {header!r} is not a byte count")
         body = await request.body()
         try:
-            return await run_in_threadpool(predict, body)
+            return await run_in_threadpool(predict, body, None if header is None else int(header))
         except RequestError as err:
             return error(err.status, err.reason)
 

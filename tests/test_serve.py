@@ -134,13 +134,28 @@ def test_serve_without_a_promoted_model_or_on_a_taken_port_is_one_clear_error(tm
     assert "Traceback" not in result.stderr
 
 
-def test_loadtest_gets_every_answer_right_at_each_concurrency(exported):
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_loadtest_gets_every_answer_right_at_each_concurrency(exported, binary):
     from kfopt import loadtest, serve
 
     served = serve.from_folder(exported["onnx"], "digits", 16)
-    result = loadtest.run(served, [1, 3], requests_per_level=30)
+    result = loadtest.run(served, [1, 3], requests_per_level=20, binary=binary)
     assert [r["concurrency"] for r in result["levels"]] == [1, 3]
+    assert result["encoding"] == ("binary" if binary else "json")
     for row in result["levels"]:
-        assert (row["ok"], row["errors"], row["lost"]) == (30, 0, 0), row
+        assert (row["ok"], row["errors"], row["lost"]) == (20, 0, 0), row
         assert row["p99_ms"] >= row["p50_ms"] > 0 and row["overhead"] > 0
     assert result["in_process_p50_ms"] > 0 and "Load test: digits v1" in loadtest.text(result)
+
+
+def test_the_binary_tensor_extension_answers_as_json_does(server, exported):
+    x = exported["x"][:3].astype("<f4")
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    binary = requests.post(server["infer"], data=head + x.tobytes(), headers=headers, timeout=30)
+    as_json = requests.post(server["infer"], json=body(x), timeout=30)
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["outputs"] == as_json.json()["outputs"]
+    short = requests.post(server["infer"], data=head + x.tobytes()[:-4], headers=headers, timeout=30)
+    assert short.status_code == 400 and f"binary_data_size is {x.nbytes} but {x.nbytes - 4} bytes" in short.json()["error"]
