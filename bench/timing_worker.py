@@ -26,13 +26,13 @@ import numpy as np
 
 def keras_eager(baseline_dir: str, threads: int):
     """The as-trained model served the usual way: an eager Keras call (never model.predict)."""
-    from kfopt.formats import savedmodel
+    from kfopt.frameworks import keras
     from kfopt.tfenv import tf
 
     t = tf()
     t.config.threading.set_intra_op_parallelism_threads(threads)
     t.config.threading.set_inter_op_parallelism_threads(1)
-    model = savedmodel.load_keras(baseline_dir)
+    model = keras.load(baseline_dir)
     return lambda x: model(x, training=False).numpy()
 
 
