@@ -11,10 +11,10 @@ python-dateutil<3 (pinned 4.0.0) and psutil<6 (pinned 7.2.2) and pulls pandas an
 
 Every request is checked against the variant's input spec (kfopt.json) before the runner sees it:
 a wrong name, datatype, rank, dimension or value count is a 400 with the reason, a batch (or a body)
-larger than the model's maximum batch a 413. Input data comes as JSON or, with the protocol's binary
-tensor data extension, as raw FP32 bytes after the JSON header (no text parsing: what large inputs
-need); answers are JSON. The runner takes float32 features (int8 quantization
-happens inside it), so the served input datatype is FP32 for every format.
+larger than the model's maximum batch a 413. The runner takes float32 features (int8 quantization
+happens inside it), so the served input datatype is FP32 for every format. Input data comes as JSON
+numbers or, with the protocol's binary tensor data extension, as raw FP32 bytes after the JSON header
+(no text parsing, which is what large inputs need); answers are JSON.
 """
 
 import dataclasses
