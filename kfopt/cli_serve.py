@@ -28,7 +28,8 @@ def _levels(text: str) -> list[int]:
 def _what(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", nargs="?", help="NAME or NAME:VERSION in the registry (default: the last promoted model)")
     sp.add_argument("--target", default="cpu", help="deployment target whose promotion is served (default: cpu)")
-    sp.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"registry folder or gs:// URI (default: {DEFAULT_REGISTRY})")
+    sp.add_argument("--registry", default=DEFAULT_REGISTRY,
+                    help=f"registry folder or gs:// URI (default: {DEFAULT_REGISTRY})")
     sp.add_argument("--variant", help="serve this variant folder (one holding kfopt.json) instead of the registry's")
     sp.add_argument("--max-batch", type=_positive, help="largest batch a request may carry (default: the model's)")
     sp.add_argument("--threads", type=int, default=1, help="runtime intra-op threads (default 1, as the benchmark)")

@@ -243,7 +243,8 @@ def apply(api, manifest: dict[str, Any], canary_percent: int, mode: str) -> tupl
         made = api.replace_namespaced_custom_object(isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, name, body)
         return "updated", int(made["metadata"].get("generation") or 1), note
     except ApiException as err:
-        raise _api_error(err, f"{'create' if existing is None else 'update'} InferenceService {namespace}/{name}") from None
+        action = "create" if existing is None else "update"
+        raise _api_error(err, f"{action} InferenceService {namespace}/{name}") from None
 
 
 # --- the stage --------------------------------------------------------------------------------------

@@ -113,7 +113,8 @@ def _same(answer, expected: np.ndarray) -> bool:
     return data.shape == (expected.size,) and np.allclose(data, expected.ravel(), atol=1e-5)
 
 
-def _level(url: str, payloads: list[tuple[bytes, dict[str, str], np.ndarray]], concurrency: int, total: int) -> dict[str, Any]:
+def _level(url: str, payloads: list[tuple[bytes, dict[str, str], np.ndarray]], concurrency: int,
+           total: int) -> dict[str, Any]:
     import requests
 
     counter, lock = itertools.count(), threading.Lock()

@@ -267,7 +267,8 @@ def test_gpu_serves_the_plan_through_triton_only_with_the_images_tensorrt(run_ou
     result = deployed(publish_dir, tmp_path / "deploy", None, deployment="gke-gpu", apply_manifests=False)
     body = yaml.safe_load((tmp_path / "deploy" / "inferenceservices" / "gpu.yaml").read_text())
     predictor = body["spec"]["predictor"]
-    assert predictor["model"]["modelFormat"] == {"name": "tensorrt"} and predictor["model"]["runtimeVersion"] == "25.06-py3"
+    assert predictor["model"]["modelFormat"] == {"name": "tensorrt"}
+    assert predictor["model"]["runtimeVersion"] == "25.06-py3"
     assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert predictor["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert predictor["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

@@ -158,4 +158,5 @@ def test_the_binary_tensor_extension_answers_as_json_does(server, exported):
     assert binary.status_code == 200, binary.text
     assert binary.json()["outputs"] == as_json.json()["outputs"]
     short = requests.post(server["infer"], data=head + x.tobytes()[:-4], headers=headers, timeout=30)
-    assert short.status_code == 400 and f"binary_data_size is {x.nbytes} but {x.nbytes - 4} bytes" in short.json()["error"]
+    assert short.status_code == 400
+    assert f"binary_data_size is {x.nbytes} but {x.nbytes - 4} bytes" in short.json()["error"]
