@@ -33,8 +33,8 @@ BASE = "/apis/serving.kserve.io/v1beta1"
 class KubeStandIn:
     """Records every request; `ready_after`: reads after a write until Ready (None: never)."""
 
-    def __init__(self, kserve: bool = True, ready_after: int | None = 2, failure: str = ""):
-        self.kserve, self.ready_after, self.failure = kserve, ready_after, failure
+    def __init__(self, kserve: bool = True, ready_after: int | None = 2, failure: str = "", forbid: bool = False):
+        self.kserve, self.ready_after, self.failure, self.forbid = kserve, ready_after, failure, forbid
         self.objects: dict[tuple[str, str], dict] = {}
         self.reads: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, dict | None]] = []
@@ -103,6 +103,10 @@ class KubeStandIn:
                 return self.status(404, "NotFound", f'inferenceservices.serving.kserve.io "{name}" not found')
             self._controller(key)
             return 200, self.objects[key]
+        if method == "POST" and self.forbid:
+            return self.status(403, "Forbidden", 'inferenceservices.serving.kserve.io is forbidden: User '
+                                                 '"system:serviceaccount:kfopt:kfopt-pipeline-runner" cannot create '
+                                                 'resource "inferenceservices"')
         if method == "POST":
             if key in self.objects:
                 return self.status(409, "AlreadyExists", "already exists")
@@ -222,6 +226,13 @@ def test_kserve_not_installed_names_the_missing_crd(run_outputs, tmp_path, kube)
     with pytest.raises(deploy.DeployError, match=r"KServe is not installed.*inferenceservices\.serving\.kserve\.io"):
         deployed(published(run_outputs, tmp_path, tmp_path / "registry"), tmp_path / "deploy", stand_in)
     assert stand_in.writes() == []
+
+
+def test_a_forbidden_create_names_the_rbac_fix(run_outputs, tmp_path, kube):  # noqa: F811
+    stand_in = kube(forbid=True)
+    with pytest.raises(ConfigError, match=r"refused to create InferenceService kfopt/digits-cpu \(.*cannot create "
+                                          r"resource \"inferenceservices\"\); .*manifests/base/role.yaml"):
+        deployed(published(run_outputs, tmp_path, tmp_path / "registry"), tmp_path / "deploy", stand_in)
 
 
 def test_off_by_default_and_gitops_only_touch_no_cluster(run_outputs, tmp_path):  # noqa: F811
