@@ -169,7 +169,8 @@ def test_a_brought_program_is_not_pruned_or_distilled(resnet_pt2, data, tmp_path
 
 
 def test_pt2e_int8_runs_compiled_and_agrees_with_the_baseline(own, data, tmp_path):
-    """torchao's X86InductorQuantizer through the quantize stage, run by torch.compile (Inductor, freezing)."""
+    """torchao's X86InductorQuantizer through the quantize stage, run by torch.compile (Inductor, freezing), and
+    the fp32 program compiled the same way."""
     from kfopt.optimize import quantize
 
     quantize.run(own["dir"], data["std"], tmp_path / "q", qat=False, calibration_samples=64)
@@ -183,6 +184,9 @@ def test_pt2e_int8_runs_compiled_and_agrees_with_the_baseline(own, data, tmp_pat
     base = adapter.predict(adapter.load(own["dir"]), x)
     assert (bench.predict_all(runner, x).argmax(1) == base.argmax(1)).mean() >= 0.97
     assert variant.read(tmp_path / "q" / "tflite_int8").skipped  # Keras-only, said so
+    compiled = variant.read(tmp_path / "q" / "torch_compile")  # the fp32 program through the same runner
+    assert (compiled.status, compiled.format, compiled.precision) == ("ok", "torch_compile", "fp32")
+    np.testing.assert_allclose(bench.predict_all(formats.load(tmp_path / "q" / "torch_compile"), x), base, atol=1e-5)
 
 
 # -- models kfopt did not build, brought as .pt2 ---------------------------------------------------------
@@ -503,5 +507,6 @@ def test_digits_cnn_torch_through_kfp_local(tmp_path):
     for name in ("tflite_fp32", "tflite_qat_int8"):
         assert rows[(name, "cpu")]["status"] == "skipped" and "torch" in rows[(name, "cpu")]["reason"]
     assert "torch_xla" in rows[("xla", "tpu")]["reason"]
-    assert rows[("pt2e_int8", "cpu")]["status"] == "ok"  # torch.compile in the benchmark's own worker
+    for name in ("pt2e_int8", "torch_compile"):  # torch.compile in the benchmark's own worker
+        assert rows[(name, "cpu")]["status"] == "ok", name
     assert report["choices"]["cpu"]["chosen"] in {n for (n, hw), r in rows.items() if r["status"] == "ok"}

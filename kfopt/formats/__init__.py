@@ -45,7 +45,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("tensorrt", "kfopt.formats.tensorrt", "TensorRT", ("gpu",), ("gpu",)),
     Format("xla", "kfopt.formats.xla", "TensorFlow XLA", ("tpu", "cpu"), ("cpu", "tpu")),
     Format("torch", "kfopt.formats.torch", "PyTorch (eager)", ("cpu",), ("cpu",)),
-    Format("torch_pt2e", "kfopt.formats.torch_pt2e", "PyTorch (torch.compile, PT2E int8)", ("cpu",), ("cpu",)),
+    Format("torch_compile", "kfopt.formats.torch_compiled", "PyTorch (torch.compile)", ("cpu",), ("cpu",)),
+    Format("torch_pt2e", "kfopt.formats.torch_compiled", "PyTorch (torch.compile, PT2E int8)", ("cpu",), ("cpu",)),
 ]}
 
 

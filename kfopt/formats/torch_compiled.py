@@ -1,11 +1,13 @@
-"""PT2E int8: a torchao-quantized torch.export program (`model.pt2`), run through torch.compile (Inductor).
+"""A torch.export program (`model.pt2`) run through torch.compile (Inductor): formats torch_compile and torch_pt2e.
 
-The file is an ExportedProgram whose graph holds torchao's quantize/dequantize ops around the
-convolutions and linears (kfopt.passes.pt2e_int8 makes it), so loading it needs torchao imported
-(it registers those ops) and runs no code from the file. Inductor fuses each dequantize-op-quantize
-pattern into an int8 kernel only when it compiles the graph with `freezing` (weights as constants):
-the runner compiles once per process with `dynamic=False`, so each batch shape it meets compiles
-once (the benchmark's warm-up pays it) and every later call runs the compiled kernels.
+torch_compile is kfopt's fp32 program compiled as it is (kfopt.passes.torch_compile); torch_pt2e is
+its torchao PT2E int8 form (kfopt.passes.pt2e_int8), whose graph holds torchao's quantize/dequantize
+ops around the convolutions and linears, so loading it needs torchao imported (it registers those
+ops); neither runs code from the file. Inductor fuses each dequantize-op-quantize pattern into an int8
+kernel only when it compiles with `freezing` (weights as constants). The runner compiles once per
+process with `dynamic=False`, so each batch shape it meets compiles once (the benchmark's warm-up pays
+it) and every later call runs the compiled kernels. Both formats share this runner, so the PT2E row's
+gain over torch_compile is int8's alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def register_ops() -> None:
     import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
 
 
-class PT2ERunner:
+class CompiledRunner:
     def __init__(self, variant_dir: Path, meta: variant.VariantMeta, threads: int | None):
         import torch
         import torch._inductor.config as inductor
@@ -50,5 +52,5 @@ class PT2ERunner:
                                     mode=torch.no_grad)
 
 
-def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> PT2ERunner:
-    return PT2ERunner(variant_dir, meta, threads)
+def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> CompiledRunner:
+    return CompiledRunner(variant_dir, meta, threads)

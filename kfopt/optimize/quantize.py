@@ -99,9 +99,10 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         steps = [(tflite_int8, int8_cfg, Path(baseline_dir)), (ort_int8, ort_int8.Config(fallback_max_attempts), onnx_dir),
                  (ort_int8_trt, ort_int8_trt.Config(fallback_max_attempts), onnx_dir)]
         if parent.format == "torch":  # PT2E works on the exported graph: any torch program, brought ones too
-            from kfopt.passes import pt2e_int8
+            from kfopt.passes import pt2e_int8, torch_compile  # torch_compile: PT2E's fp32 reference, same runner
 
-            steps.append((pt2e_int8, pt2e_int8.Config(), Path(baseline_dir)))
+            steps += [(torch_compile, torch_compile.Config(), Path(baseline_dir)),
+                      (pt2e_int8, pt2e_int8.Config(), Path(baseline_dir))]
         if qat:
             steps.append((qat_pass, qat_pass.Config(qat_epochs), Path(baseline_dir)))
         else:

@@ -36,7 +36,8 @@ from kfopt.passes.check import InStageCheck
 #: name → module of every pass a stage or a chain can name.
 PASSES = {"tflite_int8": "kfopt.passes.tflite_int8", "ort_int8": "kfopt.passes.ort_int8",
           "ort_int8_trt": "kfopt.passes.ort_int8_trt", "qat": "kfopt.passes.qat",
-          "onnx_export": "kfopt.passes.onnx_export", "pt2e_int8": "kfopt.passes.pt2e_int8"}
+          "onnx_export": "kfopt.passes.onnx_export", "pt2e_int8": "kfopt.passes.pt2e_int8",
+          "torch_compile": "kfopt.passes.torch_compile"}
 #: Fine-tuning batch size (pruning, QAT, distillation); the runs are short, so this is not tuned.
 FINE_TUNE_BATCH = 32
 BASELINE = "baseline"

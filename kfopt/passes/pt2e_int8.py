@@ -5,7 +5,7 @@ it needs no Python code of the model) goes through `prepare_pt2e` with the X86 I
 default recipe (static int8 activations, per-channel symmetric int8 weights), sees the stage's
 calibration samples (drawn from the training split), and `convert_pt2e` folds the observers into
 quantize/dequantize ops. The result is exported again with a dynamic batch and saved as a `.pt2`;
-kfopt.formats.torch_pt2e compiles it with Inductor (freezing), which turns those patterns into int8
+kfopt.formats.torch_compiled compiles it with Inductor (freezing), which turns those patterns into int8
 kernels. The in-stage check compares it with the baseline on the validation split like every pass.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from kfopt import variant
 from kfopt.export import child_meta
 from kfopt.formats import torch as torch_fmt
-from kfopt.formats import torch_pt2e
+from kfopt.formats import torch_compiled
 from kfopt.passes import Context, lineage, technique
 
 NAME = "pt2e_int8"
@@ -76,5 +76,5 @@ def run(parent_dir: Path, out_dir: Path, ctx: Context, cfg: Config) -> variant.V
                               "calibration_samples": int(len(ctx.samples)),
                               "runtime": "torch.compile (inductor, freezing, dynamic=False)"})
     variant.write(out, meta)
-    torch_pt2e.register_ops()
+    torch_compiled.register_ops()
     return ctx.check.after(parent_dir).record(out)
