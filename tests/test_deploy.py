@@ -17,6 +17,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from publish_inputs import retrained_roots, run_outputs  # noqa: F401  (fixture)
@@ -339,3 +340,19 @@ def test_tpu_runs_kfopt_serve_on_the_tpu_pool_or_is_not_served_without_one(run_o
     assert tpu["manifest"]["spec"]["predictor"]["nodeSelector"] == {
         "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice", "cloud.google.com/gke-tpu-topology": "2x2"}
     assert validate_with_schema(tmp_path / "deploy" / "inferenceservices" / "tpu.yaml", SCHEMA).returncode == 0
+
+
+def test_a_gcs_registry_gets_its_manifests_and_serves_from_gs(gcs, run_outputs, tmp_path):  # noqa: F811
+    """Against the real GCS-protocol emulator: GitOps manifests land next to the model, and `kfopt serve`'s
+    resolution downloads the promoted folder (checked against its manifest) and loads the same variant."""
+    from kfopt import formats, serve, storage
+
+    registry = gcs.uri("registry")
+    result = deployed(published(run_outputs, tmp_path, registry), tmp_path / "deploy", None, apply_manifests=False)
+    cpu = result["targets"]["cpu"]
+    assert cpu["manifest_uri"] == f"{cpu['uri']}/kserve/inferenceservice.yaml" and cpu["uri"].startswith("gs://")
+    manifest = yaml.safe_load(storage.read_text(cpu["manifest_uri"]))
+    assert f"{cpu['uri']}/model" in json.dumps(manifest["spec"]["predictor"])
+    served = serve.from_registry(registry, "digits", "cpu", tmp_path / "download")
+    assert served.meta.name == cpu["variant"] and served.version == "1" and served.variant_dir.is_relative_to(tmp_path)
+    assert formats.load(served.variant_dir).predict(np.zeros([2, *served.sample_shape], "float32")).shape[0] == 2
