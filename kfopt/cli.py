@@ -205,7 +205,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default="digits_cnn", help="config name under config/ or a YAML path")
         sp.add_argument("--data", help="dataset: bundled name, or CSV/NPZ path or gs:// URI")
         sp.add_argument("--label-column", help="label column of a CSV dataset")
-        sp.add_argument("--model", help="an already trained Keras model (.keras or SavedModel, path or gs://)")
+        sp.add_argument("--model", help="an already trained model: Keras (.keras or SavedModel folder), torch.export "
+                        "program (.pt2) or ONNX (.onnx); path or gs://. Pickles (.pt, .pth, .h5) are refused")
         sp.add_argument("--normalize", choices=("auto", "standardize", "none"),
                         help="auto (default): standardize for a model kfopt trains, data as given for --model")
         sp.add_argument("--deployment", help="deployment name under config/deployment/ or a YAML path")
