@@ -47,6 +47,7 @@ class Stage:
     outputs: dict[str, str] = dataclasses.field(default_factory=lambda: {"variants": "Model", "metrics": "Metrics"})
     variants: str = ""  # name of the variant set this stage writes ("" = none)
     fan_in: str = ""  # run() keyword that receives every variant set as a list of folders
+    sets: tuple[str, ...] = ()  # with fan_in: only the variant sets of these stages (empty: every set)
     copies: tuple[str, ...] = ()  # one task per entry (benchmark: per hardware), passed as `hardware`
     fails_alone: bool = False  # an unexpected error writes `failed` variants instead of stopping the run
     cache: bool = True
@@ -120,7 +121,8 @@ STAGES: tuple[Stage, ...] = (
           "the ONNX fp32 variants as OpenVINO IR, fp32 and NNCF int8, verified at every benchmarked batch size.",
           knobs={"enabled": "openvino.enabled", "calibration_samples": "quantize.calibration_samples",
                  "batch_sizes": "bench.batch_sizes", "threads": "bench.threads", **_GATE},
-          inputs={**_DATA, **_BASELINE, "exports_dir": "export.variants"}, variants="openvino", fails_alone=True),
+          inputs={**_DATA, **_BASELINE}, fan_in="exports_dir", sets=("export", "prune", "distill"),
+          variants="openvino", fails_alone=True),
     Stage("benchmark", "kfopt.bench:run",
           "every variant this node pool can run, through the runner registry, each in its own process.",
           knobs={"batch_sizes": "bench.batch_sizes", "threads": "bench.threads", "warmup": "bench.warmup",
@@ -179,6 +181,8 @@ def fan_in_sets(stage: Stage) -> list[tuple[str, str]]:
         return []
     taken = set(stage.inputs.values())
     sources = [("baseline", "train.baseline")] + [(s.variants, f"{s.name}.variants") for s in STAGES if s.variants]
+    if stage.sets:
+        sources = [(name, source) for name, source in sources if source.partition(".")[0] in stage.sets]
     return [(name, source) for name, source in sources if source not in taken]
 
 
@@ -231,7 +235,8 @@ def execute(name: str, arguments: dict[str, Any], copy: str = "") -> dict[str, A
     for key in stage.optional_inputs:
         kwargs[key] = arguments[key].path if arguments.get(key) is not None else None
     if stage.fan_in:
-        shared = [kwargs[key] for key, source in stage.inputs.items() if source == "train.baseline"]
+        shared = [kwargs[key] for key, source in stage.inputs.items()
+                  if source == "train.baseline" and (not stage.sets or "train" in stage.sets)]
         sets = [arguments[n].path for n, _ in fan_in_sets(stage) if arguments.get(n) is not None]
         kwargs[stage.fan_in] = shared + sets
     if copy:
