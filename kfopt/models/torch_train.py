@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kfopt import variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError
 
@@ -25,6 +24,7 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     from kfopt import verify
     from kfopt.frameworks import torch as adapter
     from kfopt.models import torch_architectures
+    from kfopt.models.train import write_baseline
 
     if mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}.")
@@ -37,15 +37,9 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     x, y = ds.split("test")
     test = verify.quality(adapter.predict(model, x), y, ds.schema.task)
     parameters = sum(int(p.numel()) for p in model.parameters())
-    in_spec, out_spec = adapter.io_specs(ds.schema)
-    meta = variant.VariantMeta(
-        name="baseline", format=adapter.FORMAT, precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework=adapter.NAME, runtime=adapter.RUNTIME, technique="train",
-        params={"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
-                "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
-        extra={"parameters": parameters, "test_accuracy": float(test["accuracy"]), "torch": torch.__version__})
-    with variant.staged_dir(Path(out_dir)) as tmp:
-        adapter.save(model, tmp)
-        variant.write(tmp, meta)
+    write_baseline(out_dir, adapter, model, ds.schema,
+                   {"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
+                    "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
+                   {"parameters": parameters, "test_accuracy": float(test["accuracy"]), "torch": torch.__version__})
     return {"test_accuracy": float(test["accuracy"]), "epochs": len(curves["loss"]),
             "final_val_accuracy": curves["val_accuracy"][-1], "parameters": parameters, "history": curves}

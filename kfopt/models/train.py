@@ -31,6 +31,19 @@ def float32_copy(model, architecture: str, schema: ds_mod.Schema, width: float =
     return twin
 
 
+def write_baseline(out_dir: Path, adapter, model, schema: ds_mod.Schema, params: dict[str, Any],
+                   extra: dict[str, Any]) -> variant.VariantMeta:
+    """A model kfopt trained, saved by its framework's adapter as the baseline variant (atomically)."""
+    in_spec, out_spec = adapter.io_specs(schema)
+    meta = variant.VariantMeta(
+        name="baseline", format=adapter.FORMAT, precision="fp32", target="cpu", input=in_spec, output=out_spec,
+        task=schema.task, framework=adapter.NAME, runtime=adapter.RUNTIME, technique="train", params=params,
+        extra=extra)
+    with variant.staged_dir(Path(out_dir)) as tmp:
+        adapter.save(model, tmp)
+        return variant.write(tmp, meta)
+
+
 def curves_html(history: dict[str, list[float]]) -> str:
     """Loss/accuracy curves as a small self-contained HTML page (a KFP HTML artifact)."""
     import base64
@@ -85,16 +98,10 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
         adapter.compile_for(model, ds.schema.task, learning_rate)
     xt, yt = ds.split("test")
     test_loss, test_acc = model.evaluate(xt, yt, verbose=0)
-    in_spec, out_spec = adapter.io_specs(ds.schema)
-    meta = variant.VariantMeta(
-        name="baseline", format=adapter.FORMAT, precision="fp32", target="cpu", input=in_spec, output=out_spec,
-        task=ds.schema.task, framework=adapter.NAME, runtime=adapter.RUNTIME, technique="train",
-        params={"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
-                "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
-        extra={"parameters": int(model.count_params()), "test_accuracy": float(test_acc)})
-    with variant.staged_dir(Path(out_dir)) as tmp:
-        adapter.save(model, tmp)
-        variant.write(tmp, meta)
+    write_baseline(out_dir, adapter, model, ds.schema,
+                   {"architecture": architecture, "epochs_run": len(curves["loss"]), "batch_size": batch_size,
+                    "learning_rate": learning_rate, "mixed_precision": mixed_precision, "seed": seed, "width": width},
+                   {"parameters": int(model.count_params()), "test_accuracy": float(test_acc)})
     return {"test_accuracy": float(test_acc), "test_loss": float(test_loss), "epochs": len(curves["loss"]),
             "final_val_accuracy": curves["val_accuracy"][-1], "parameters": int(model.count_params()),
             "history": curves}
