@@ -1,15 +1,18 @@
 """`make bench`: kfopt's best variant against the usual serving and against Microsoft Olive.
 
-For each reference model (digits_cnn, breast_cancer_mlp) this script, in one run on this machine:
+For each reference model (digits_cnn and breast_cancer_mlp in Keras, digits_cnn_torch and
+breast_cancer_mlp_torch in torch) this script, in one run on this machine:
 1. runs the real local pipeline (`kfopt run`) twice: with an empty cache (cold) and again (warm),
    timing both; kfopt's `--no-cache` neither reads nor writes kfp.local's cache, so the cold run
    starts from an emptied cache folder instead, which it fills for the warm run;
 2. gives Olive (olive-ai, in its own .venv-olive) the same trained model, kfopt's exported
    onnx_fp32, and lets Olive search its CPU passes for its best model (olive_workflow.py);
-3. times, each in its own process and interleaved over rounds, the as-trained Keras model called
-   eagerly (`model(x, training=False)`; `model.predict` costs ~45 ms a call and is never used),
-   kfopt's choice for the cpu target, kfopt's exported fp32 and int8 variants, and Olive's models,
-   all through kfopt.bench.time_calls on one thread at batch 1 and 64 (timing_worker.py);
+3. times, each in its own process and interleaved over rounds, the as-trained model called eagerly
+   (Keras: `model(x, training=False)`, `model.predict` costs ~45 ms a call and is never used; torch:
+   `model(x)` under `torch.inference_mode()`), kfopt's choice for the cpu target, kfopt's fp32 and
+   int8 variants of every CPU runtime (LiteRT, ONNX Runtime, OpenVINO, torch eager and
+   torch.compile/PT2E) and Olive's models, all through kfopt.bench.time_calls on one thread at batch
+   1 and 64 (timing_worker.py);
 4. prints medians, spreads, ratios, accuracies and sizes (tables.py), and writes
    bench-out/bench.json and bench-out/bench.md.
 
@@ -40,11 +43,30 @@ sys.path.insert(0, str(BENCH))
 import olive_env  # noqa: E402
 import tables  # noqa: E402
 
-CONFIGS = ("digits_cnn", "breast_cancer_mlp")
+CONFIGS = ("digits_cnn", "breast_cancer_mlp", "digits_cnn_torch", "breast_cancer_mlp_torch")
 SNAPSHOT = ("kfopt", "pipelines", "components", "config")
 BATCHES = (1, 64)
 THREADS = 1  # as kfopt's reference configs benchmark (bench.threads: 1)
-CPU_FORMATS = ("tflite", "onnx")  # runtimes with an fp32 export to hold int8 variants against
+# Formats of the CPU runtimes the bench times (fp32 and int8 variants of each).
+CPU_FORMATS = ("tflite", "onnx", "openvino", "torch", "torch_compile", "torch_pt2e")
+# The as-trained model per source framework: worker kind, row name, what it is, runtime shown.
+EAGER = {"keras": ("keras", "keras_eager", "as trained: Keras model(x) eager", "TensorFlow eager"),
+         "torch": ("torch", "torch_eager", "as trained: torch model(x) eager", "PyTorch eager")}
+
+
+BENCHED_LIBRARIES = ("openvino", "nncf", "torch", "torchao", "torch-pruning")  # beyond kfopt's fingerprint
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 class BenchError(RuntimeError):
@@ -99,6 +121,17 @@ def discover(run_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         raise BenchError(f"No dataset artifact (schema.json) under {run_dir / 'pipeline'}.")
     plain = [s.parent for s in schemas if "augment" not in json.loads(s.read_text()).get("provenance", {})]
     return variants, {"test": schemas[0].parent, "calibration": (plain or [schemas[0].parent])[0]}
+
+
+def lineage(name: str, metas: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps from the baseline to variant `name` (read from kfopt.json parents, never from names)."""
+    steps = []
+    while name is not None and name in metas and len(steps) < 32:
+        m = metas[name]
+        steps.append({"name": m.name, "format": m.format, "precision": m.precision, "target": m.target,
+                      "technique": m.technique})
+        name = m.parent
+    return steps[::-1]
 
 
 def olive_models(olive: dict, cfg_out: Path, variants: dict[str, Path], datasets: dict[str, Path],
@@ -257,9 +290,13 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
                                                                "batch_sizes": list(BATCHES)})
 
     base_meta = variant.read(variants["baseline"], verify=False)
-    models: list[dict] = [{"name": "keras_eager", "kind": "keras", "dir": variants["baseline"],
-                           "what": "as trained: Keras model(x) eager", "runtime": "TensorFlow eager",
-                           "precision": base_meta.precision, "meta": base_meta}]
+    if base_meta.framework not in EAGER:
+        raise BenchError(f"the bench has no eager row for a {base_meta.framework!r} baseline "
+                         f"(it knows {', '.join(EAGER)}).")
+    kind, eager, what, runtime = EAGER[base_meta.framework]
+    result["eager"] = eager
+    models: list[dict] = [{"name": eager, "kind": kind, "dir": variants["baseline"], "what": what,
+                           "runtime": runtime, "precision": base_meta.precision, "meta": base_meta}]
     onnx_rows = [r for r in report["rows"] if r.get("status") == "ok" and r["format"] == "onnx"
                  and r.get("verification", {}).get("passed") and "1" in r.get("latency", {})]
     result["kfopt_best_onnx"] = min(onnx_rows, key=lambda r: r["latency"]["1"]["p50_ms"])["name"] if onnx_rows else None
@@ -267,12 +304,13 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     for row in report["rows"]:
         if row.get("status") != "ok" or row.get("hardware") != "cpu":
             continue
-        fp32_export = row["precision"] == "fp32" and row["technique"] == "export"
-        if row["format"] in CPU_FORMATS and (fp32_export or "int8" in row["precision"]):
+        if (row["format"] in CPU_FORMATS and row["name"] != "baseline"
+                and (row["precision"] == "fp32" or "int8" in row["precision"])):
             wanted.add(row["name"])
     for name in sorted(wanted, key=lambda n: (n != choice.get("chosen"), n)):
         meta = variant.read(variants[name], verify=False)
-        models.append({"name": name, "kind": "variant", "dir": variants[name], "meta": meta,
+        models.append({"name": name, "kind": "torch" if meta.format == "torch" else "variant",
+                       "dir": variants[name], "meta": meta,
                        "what": (f"kfopt's choice for cpu ({meta.technique})" if name == choice.get("chosen")
                                 else f"kfopt {meta.technique}"),
                        "runtime": formats.get(meta.format).runtime, "precision": meta.precision})
@@ -302,18 +340,22 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     result["measure_seconds"] = round(time.perf_counter() - start, 1)
 
     y = ds_mod.read(datasets["test"]).split("test")[1]
-    keras_probs = np.load(models[0]["predictions"]) if "error" not in models[0] else None
+    metas = {n: variant.read(d, verify=False) for n, d in variants.items()}
+    metas.update({m["name"]: m["meta"] for m in models if m["name"] not in metas and m["name"] != eager})
+    eager_probs = np.load(models[0]["predictions"]) if "error" not in models[0] else None
     result["models"] = {}
     for m in models:
         row = {k: m[k] for k in ("what", "runtime", "precision") if k in m}
+        steps = lineage("baseline" if m["name"] == eager else m["name"], metas)
+        steps[-1]["name"] = m["name"]
         row.update(name=m["name"], dir=str(m["dir"]), format=m["meta"].format, technique=m["meta"].technique,
-                   error=m.get("error"),
+                   runtime_id=m["meta"].runtime, lineage=steps, error=m.get("error"),
                    load_seconds=m.get("load_seconds"), **kbench.sizes(Path(m["dir"]), m["meta"]))
         if "error" not in m:
             probs = np.load(m["predictions"])
             row.update(verify.quality(probs, y, schema["task"]))
-            if keras_probs is not None:
-                row["verification"] = verify.compare(probs, keras_probs, y, schema["task"],
+            if eager_probs is not None:
+                row["verification"] = verify.compare(probs, eager_probs, y, schema["task"],
                                                      budget["accuracy_budget_pp"], budget["min_agreement"])
             row["latency"] = {bs: tables.summarize(rounds_) for bs, rounds_ in m["rounds"].items() if rounds_}
         result["models"][m["name"]] = row
@@ -337,7 +379,8 @@ def overrides_for(config: str, pairs: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), help="kfopt configs to bench (default: both)")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                   help=f"kfopt configs to bench (default: all: {', '.join(CONFIGS)})")
     p.add_argument("--out", default=str(REPO / "bench-out"), help="output folder (default: bench-out/)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
     p.add_argument("--max-seconds", type=float, default=1.0, help="time_calls budget per model, batch and round")
@@ -359,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                "environment": fingerprint.collect(), "configs": {}}
+    results["environment"]["libraries"].update(library_versions(BENCHED_LIBRARIES))
     shutil.rmtree(out / "runs", ignore_errors=True)  # earlier bench runs, and the cache: cold runs start empty
 
     olive = None

@@ -33,28 +33,87 @@ def _ratio(a: list[float], b: list[float]) -> dict[str, Any]:
             "per_round": per_round}
 
 
+EAGER_TITLES = {"keras_eager": "Keras eager", "torch_eager": "torch eager"}
+SHRINKING = ("prune", "distill")  # techniques that change the network itself
+
+
+def _techniques(model: dict) -> set[str]:
+    return {t for step in model["lineage"] for t in step["technique"].split("+")}
+
+
+def _shape(steps: list[dict]) -> list[tuple]:
+    """What a chain of steps makes, name-free: the first step's (format, precision, target), then each
+    later step's with the technique it applied."""
+    first = [(steps[0]["format"], steps[0]["precision"], steps[0]["target"])] if steps else []
+    return first + [(s["format"], s["precision"], s["target"], s["technique"].split("+")[-1]) for s in steps[1:]]
+
+
+def unpruned_counterpart(models: dict[str, dict], name: str) -> str | None:
+    """The model made from the unpruned baseline by the same steps that made `name` from its pruned
+    network (pruned_50_onnx_int8 → onnx_int8, pruned_50 → the eager baseline), or None."""
+    steps = models[name]["lineage"]
+    at = next((i for i, s in enumerate(steps) if "prune" in s["technique"].split("+")), None)
+    if at is None:
+        return None
+    want = _shape(steps[at:])
+    return next((n for n, m in sorted(models.items()) if not _techniques(m) & set(SHRINKING)
+                 and _shape(m["lineage"]) == want), None)
+
+
+def _fp32_reference(models: dict[str, dict], runtime_id: str) -> str | None:
+    """The runtime's fp32 model of the unchanged network, made in the fewest steps (onnx_fp32, not Olive's)."""
+    refs = [(len(m["lineage"]), n) for n, m in models.items() if m.get("runtime_id") == runtime_id
+            and m["precision"] == "fp32" and not _techniques(m) & set(SHRINKING)]
+    return min(refs)[1] if refs else None
+
+
+def _onnx_counterpart(models: dict[str, dict], name: str) -> str | None:
+    """The ONNX Runtime model of the same ONNX file an OpenVINO model was converted from, same precision:
+    the parent itself for fp32, the parent's ORT int8 child for the CPU for int8."""
+    steps = models[name]["lineage"]
+    if len(steps) < 2:
+        return None
+    parent = steps[-2]["name"]
+    if models[name]["precision"] == "fp32":
+        return parent if parent in models else None
+    return next((n for n, m in sorted(models.items()) if m["format"] == "onnx" and len(m["lineage"]) >= 2
+                 and m["lineage"][-2]["name"] == parent and m["precision"] == models[name]["precision"]
+                 and m["lineage"][-1]["target"] == "cpu"), None)
+
+
+def pairs_of(result: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(title, A, B, with sizes) of every comparison, found from the models' lineage and runtimes."""
+    models = result["models"]
+    eager = result.get("eager", "keras_eager")
+    best = result.get("kfopt_choice", {}).get("chosen")
+    pairs: list[tuple[str, str, str, bool]] = []
+    if best:
+        pairs.append((f"kfopt best vs {EAGER_TITLES.get(eager, eager)}", best, eager, True))
+        pairs.append(("kfopt best vs Olive best", best, "olive_best", True))
+    best_onnx = result.get("kfopt_best_onnx")
+    if best_onnx:
+        pairs.append(("kfopt's best ONNX vs Olive best (both ONNX Runtime)", best_onnx, "olive_best", True))
+    for runtime_id in sorted({m.get("runtime_id") for m in models.values() if m.get("runtime_id")}):
+        ref = _fp32_reference(models, runtime_id)
+        if ref is None:
+            continue
+        for name, m in models.items():
+            if m.get("runtime_id") == runtime_id and "int8" in m["precision"]:
+                pairs.append((f"int8 vs fp32 in {models[ref]['runtime']}", name, ref, True))
+    for name, m in models.items():
+        if m["format"] == "openvino" and (other := _onnx_counterpart(models, name)):
+            pairs.append(("OpenVINO vs ONNX Runtime (same ONNX, same precision)", name, other, False))
+    for name in models:
+        if other := unpruned_counterpart(models, name):
+            pairs.append((f"pruned vs unpruned in {models[name]['runtime']}", name, other, True))
+    return pairs
+
+
 def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
     models = result["models"]
     timed = {n for n, m in models.items() if m.get("latency")}
-    best = result.get("kfopt_choice", {}).get("chosen")
-    pairs: list[tuple[str, str, str]] = []
-    if best:
-        pairs.append(("kfopt best vs Keras eager", best, "keras_eager"))
-        pairs.append(("kfopt best vs Olive best", best, "olive_best"))
-    best_onnx = result.get("kfopt_best_onnx")
-    if best_onnx:
-        pairs.append(("kfopt's best ONNX vs Olive best (both ONNX Runtime)", best_onnx, "olive_best"))
-    for fmt in ("tflite", "onnx"):
-        ref = next((n for n, m in models.items() if m["format"] == fmt and m["precision"] == "fp32"
-                    and m.get("technique") == "export"), None)
-        if ref is None:
-            continue
-        runtime = models[ref]["runtime"]
-        for name, m in models.items():
-            if m["format"] == fmt and "int8" in m["precision"]:
-                pairs.append((f"int8 vs fp32 in {runtime}", name, ref))
     rows = []
-    for title, a, b in pairs:
+    for title, a, b, with_sizes in pairs_of(result):
         absent = [n for n in (a, b) if n not in models]
         if absent:
             rows.append({"title": title, "a": a, "b": b, "missing": f"{' and '.join(absent)} not available"})
@@ -68,7 +127,7 @@ def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append({"title": title, "a": a, "b": b, "measure": f"p50 @{bs}", "kind": "latency",
                              "a_value": la["p50_ms"], "b_value": lb["p50_ms"],
                              **_ratio(la["rounds_p50_ms"], lb["rounds_p50_ms"])})
-        for key, label in (("size_bytes", "size"), ("size_gzip_bytes", "gzip size")):
+        for key, label in (("size_bytes", "size"), ("size_gzip_bytes", "gzip size")) if with_sizes else ():
             va, vb = models[a][key], models[b][key]
             rows.append({"title": title, "a": a, "b": b, "measure": label, "kind": "size", "a_value": va,
                          "b_value": vb, "ratio": va / vb, "min": va / vb, "max": va / vb})
@@ -132,8 +191,8 @@ def _passes(passes: list[dict]) -> str:
 
 
 def _model_table(result: dict) -> list[str]:
-    lines = ["| model | what | runtime | precision | accuracy | Δ pp vs Keras | agreement | kfopt's budget | p50 @1 | "
-             "p10–p90 @1 | p50 @64 | p10–p90 @64 | calls @1 / @64 | size KiB | gzip KiB |",
+    lines = ["| model | what | runtime | precision | accuracy | Δ pp vs as trained | agreement | kfopt's budget | "
+             "p50 @1 | p10–p90 @1 | p50 @64 | p10–p90 @64 | calls @1 / @64 | size KiB | gzip KiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in result["models"].items():
         size = f"{m['size_bytes'] / 1024:.1f} | {m['size_gzip_bytes'] / 1024:.1f}"
@@ -207,6 +266,41 @@ def _config_section(result: dict) -> list[str]:
     return out
 
 
+def _reading_of(result: dict, title_start: str, measure: str, a: str | None = None) -> str:
+    row = next((r for r in result.get("comparisons", []) if r["title"].startswith(title_start)
+                and r.get("measure") == measure and (a is None or r["a"] == a)), None)
+    if row is None:
+        return "–"
+    return f"{_reading(row)} ({_value(row, 'a_value')} vs {_value(row, 'b_value')})"
+
+
+def _best_pruning(result: dict) -> str:
+    """The pruned model within kfopt's budget that gains most at batch 64 over its unpruned counterpart."""
+    rows = [r for r in result.get("comparisons", []) if r["title"].startswith("pruned vs unpruned")
+            and r.get("measure") == "p50 @64" and result["models"][r["a"]].get("verification", {}).get("passed")]
+    if not rows:
+        return "no pruned model within the budget" if any(
+            r["title"].startswith("pruned vs unpruned") for r in result.get("comparisons", [])) else "–"
+    row = min(rows, key=lambda r: r["ratio"])
+    return f"{row['a']} vs {row['b']} ({row['title'][len('pruned vs unpruned in '):]}): {_reading(row)}"
+
+
+def _summary(results: dict) -> list[str]:
+    lines = ["| config | kfopt's cpu choice | vs as trained @1 | vs as trained @64 | vs Olive best @1 | "
+             "vs Olive best @64 | best pruning within budget, @64, same runtime |", "|---|---|---|---|---|---|---|"]
+    for name, r in results["configs"].items():
+        if "fatal" in r:
+            lines.append(f"| {name} | FAILED: {r['fatal']} | | | | | |")
+            continue
+        eager = EAGER_TITLES.get(r.get("eager", ""), r.get("eager", ""))
+        lines.append(f"| {name} | {r['kfopt_choice'].get('chosen')} | "
+                     f"{eager}: {_reading_of(r, 'kfopt best vs ' + eager, 'p50 @1')} | "
+                     f"{_reading_of(r, 'kfopt best vs ' + eager, 'p50 @64')} | "
+                     f"{_reading_of(r, 'kfopt best vs Olive', 'p50 @1')} | "
+                     f"{_reading_of(r, 'kfopt best vs Olive', 'p50 @64')} | {_best_pruning(r)} |")
+    return lines
+
+
 def _timings(results: dict) -> list[str]:
     lines = ["| step | seconds | notes |", "|---|---|---|"]
     env = results.get("olive_env", {})
@@ -240,7 +334,8 @@ def _timings(results: dict) -> list[str]:
 
 def render(results: dict) -> str:
     env = results["environment"]
-    shown = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime")
+    shown = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "openvino", "nncf", "torch", "torchao",
+             "torch-pruning")
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if k in shown)
     olive_env = results.get("olive_env", {})
     olive_libs = (", ".join(f"{k} {v}" for k, v in olive_env["versions"].items())
@@ -259,10 +354,16 @@ def render(results: dict) -> str:
                   "calls = "
                   "timed calls over all rounds. Ratios are A / B within a round, median over rounds [range]; below 1 "
                   "A is faster or smaller; a timing reads as a difference only when at least 80% of the rounds "
-                  "agree. Accuracy: the test split; Δ pp and agreement against the Keras model's "
-                  "own answers. Keras is timed as `model(x, training=False)` (eager): `model.predict` costs ~45 ms "
-                  "a call in this stack and is never used. kfopt's reference models are Keras models, so there is "
-                  "no torch-eager row.", ""]
+                  "agree. Accuracy: the test split; Δ pp and agreement against the as-trained model's own answers. "
+                  "Keras is timed as `model(x, training=False)` (eager): `model.predict` costs ~45 ms a call in this "
+                  "stack and is never used. torch models (the as-trained one and the pruned and distilled .pt2 "
+                  "variants) are timed as `model(x)` under `torch.inference_mode()` with `torch.set_num_threads(1)`, "
+                  "the module from `torch.export.load(...).module()`. OpenVINO runs through kfopt's runner: one "
+                  "static-shape program per batch size, INFERENCE_NUM_THREADS 1, precision hint f32.", ""]
+    lines += ["## Summary", "", "kfopt's choice for the cpu target against the as-trained model called eagerly and "
+              "against Olive's pick from the same trained model (A / B per round, median), and the pruned model "
+              "within kfopt's budget that gains most over the unpruned one in the same runtime at batch 64. "
+              "Details per config below.", "", *_summary(results), ""]
     for result in results["configs"].values():
         lines += _config_section(result)
     lines += ["## Time taken", "", *_timings(results), ""]

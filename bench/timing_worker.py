@@ -10,7 +10,7 @@ target or the time is up) on the same inputs kfopt's benchmark uses (test split 
 default_rng(0), batch sizes in order). Each call is also timed here, to give percentiles beyond
 time_calls' summary; the figures reported come from those same calls, warm-up excluded.
 
-Usage: python timing_worker.py '{"kind": "variant"|"keras", "path": ..., "dataset_dir": ...,
+Usage: python timing_worker.py '{"kind": "variant"|"keras"|"torch", "path": ..., "dataset_dir": ...,
                                  "batch_sizes": [...], "threads": 1, "predictions": ...}'
 """
 
@@ -36,6 +36,28 @@ def keras_eager(baseline_dir: str, threads: int):
     return lambda x: model(x, training=False).numpy()
 
 
+def torch_eager(variant_dir: str, threads: int):
+    """A torch model served the usual way: `model(x)` under `torch.inference_mode()`, one call per batch.
+
+    The program is the variant's `model.pt2`, read by `torch.export.load` (no pickled code runs) and
+    turned back into a module with `.module()`; the conversions to and from numpy are part of the call,
+    as they are for every other runtime here.
+    """
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    module = torch.export.load(str(Path(variant_dir) / "model.pt2")).module()
+
+    def predict(x):
+        with torch.inference_mode():
+            return module(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return predict
+
+
 def variant_runner(variant_dir: str, threads: int):
     from kfopt import formats
 
@@ -53,7 +75,7 @@ def main(spec: dict) -> None:
     from kfopt.data import dataset as ds_mod
 
     start = time.perf_counter()
-    load = keras_eager if spec["kind"] == "keras" else variant_runner
+    load = {"keras": keras_eager, "torch": torch_eager}.get(spec["kind"], variant_runner)
     predict = load(spec["path"], spec["threads"])
     x, _ = ds_mod.read(spec["dataset_dir"]).split("test")
     np.save(spec["predictions"], np.concatenate([predict(x[i:i + 64]) for i in range(0, len(x), 64)]))
