@@ -67,7 +67,9 @@ PACKAGES = (
      RUN_DEPS_FIX),
     ("google-cloud-storage", ("google-cloud-storage",), "gs:// data, artifacts and registry", True,
      RUN_DEPS_FIX),
-    ("torch", ("torch",), "torch models you bring (optional)", False, "pip install torch==2.13.0"),
+    ("torch", ("torch",), "torch training (framework: torch), .pt2 models, torch.compile / PT2E int8", False,
+     RUN_DEPS_FIX),
+    ("FastAPI + uvicorn", ("fastapi",), "kfopt serve (Open Inference Protocol v2)", False, RUN_DEPS_FIX),
 )
 
 
