@@ -1,9 +1,11 @@
 """The benchmark harness: every variant through the runner registry, each in its own process.
 
 For each variant a fresh worker process (`python -m kfopt.bench`) loads the runner, predicts the
-test split (for accuracy and verification), then times each batch size: warm-up, then timed runs
-until the 95% confidence interval of the median is within `target_ci` of it, or `max_seconds`
-pass. A separate process per variant keeps one runtime's thread pools and compiled graphs from
+test split (for accuracy and verification), then, at each batch size it times, predicts the test split
+again in calls of exactly that batch (at most VERIFY_CALLS calls: the first 256 samples at batch 1) so
+that a runtime that answers correctly at one batch size and wrongly at another is caught at the batch
+it is chosen for (`verification_by_batch`), then times it: warm-up, then timed runs until the 95%
+confidence interval of the median is within `target_ci` of it, or `max_seconds` pass. A separate process per variant keeps one runtime's thread pools and compiled graphs from
 leaking into another's figures, and gives a clean peak-memory reading.
 """
 
@@ -74,6 +76,29 @@ def predict_all(runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([runner.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+#: At most this many calls verify one batch size: the first 256 test samples at batch 1, the whole
+#: test split (in full batches) at 64 and above for the bundled sets.
+VERIFY_CALLS = 256
+
+
+def batch_rows(n: int, bs: int) -> int:
+    """How many leading test samples the verification at batch `bs` covers: whole calls of `bs`, at most
+    VERIFY_CALLS of them, and one call (samples repeated to fill it) when the split is smaller than `bs`."""
+    return min(n, bs) if n < bs else min(n // bs, VERIFY_CALLS) * bs
+
+
+def predict_at_batch(runner, x: np.ndarray, bs: int) -> np.ndarray:
+    """Predictions of the first `batch_rows(len(x), bs)` samples, every call exactly `bs` samples."""
+    rows = batch_rows(len(x), bs)
+    if rows < bs:
+        return runner.predict(np.resize(x, (bs, *x.shape[1:])).astype(x.dtype))[:rows]
+    return np.concatenate([runner.predict(x[i:i + bs]) for i in range(0, rows, bs)])
+
+
+def batch_predictions_path(predictions_out: Path, bs: int) -> Path:
+    return Path(predictions_out).with_name(f"{Path(predictions_out).stem}.batch{bs}.npy")
+
+
 def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int], threads: int,
                     warmup: int, min_runs: int, max_seconds: float, target_ci: float,
                     predictions_out: Path) -> dict[str, Any]:
@@ -94,6 +119,7 @@ def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int]
                                for bs in batch_sizes if bs not in accepted}
         batch_sizes = sorted(set(accepted))
     for bs in batch_sizes:
+        np.save(batch_predictions_path(predictions_out, bs), predict_at_batch(runner, x, bs))
         batch = x[rng.choice(len(x), size=bs, replace=bs > len(x))]
         stats = time_calls(lambda: runner.predict(batch), warmup=warmup, min_runs=min_runs,
                            max_seconds=max_seconds, target_ci=target_ci)
@@ -104,6 +130,22 @@ def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int]
     result["peak_rss_mb"] = _rss_mb()
     result["load_rss_mb"] = result["peak_rss_mb"] - rss_before
     return result
+
+
+def _by_batch(pred_path: Path, latency: dict[str, Any], base: np.ndarray, y: np.ndarray, task: str,
+              accuracy_budget: float, min_agreement: float) -> dict[str, Any]:
+    """The verification at each timed batch size, on the rows predicted at that batch (kfopt.verify.compare
+    against the baseline's predictions of the same rows); the batch files are removed once read."""
+    out = {}
+    for bs in latency:
+        path = batch_predictions_path(pred_path, int(bs))
+        probs = np.load(path)
+        path.unlink()
+        rows = len(probs)
+        out[bs] = {**verify.compare(probs, base[:rows], y[:rows], task, accuracy_budget, min_agreement),
+                   "samples": rows, "of": int(len(y)),
+                   "rows": f"the first {rows} of {len(y)} test samples, {-(-rows // int(bs))} calls of batch {bs}"}
+    return out
 
 
 def _run_worker(variant_dir: Path, dataset_dir: Path, settings: dict[str, Any], predictions_out: Path,
@@ -188,6 +230,8 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
                 if measured["status"] == "ok":
                     row["verification"] = verify.compare(np.load(pred_path), baseline_probs(), y, meta.task,
                                                          accuracy_budget, min_agreement)
+                    row["verification_by_batch"] = _by_batch(pred_path, row["latency"], baseline_probs(), y,
+                                                             meta.task, accuracy_budget, min_agreement)
                     log(f"  {meta.name:<24} acc {row['accuracy']:.4f}  p50@1 "
                         f"{row['latency'].get('1', {}).get('p50_ms', float('nan')):.3f} ms  "
                         f"({time.perf_counter() - start:.1f}s)")

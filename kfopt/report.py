@@ -53,7 +53,22 @@ def not_measured(report: dict[str, Any]) -> list[str]:
             lines.append(f"{r['name']} ({r.get('hardware')}): {r['status']} — {r.get('reason')}")
         elif not r["verification"]["passed"]:
             lines.append(f"{r['name']}: rejected — {r['verification']['reason']}")
+        elif wrong := select.batch_failure(r, "size"):  # any batch: right at one batch size, wrong at another
+            lines.append(f"{r['name']}: passes at batch {', '.join(_batches_passed(r)) or '—'}, rejected for "
+                         f"objectives at the others — {wrong}")
     return lines
+
+
+def _batches_passed(row: dict[str, Any]) -> list[str]:
+    return [b for b, v in (row.get("verification_by_batch") or {}).items() if v.get("passed")]
+
+
+def _verify_cell(row: dict[str, Any], ver: dict[str, Any]) -> str:
+    """pass / REJECTED, and the batch sizes where the per-batch verification failed (`pass, FAIL@1`)."""
+    if not ver.get("passed"):
+        return "REJECTED"
+    bad = [b for b, v in (row.get("verification_by_batch") or {}).items() if not v.get("passed")]
+    return f"pass, FAIL@{','.join(bad)}" if bad else "pass"
 
 
 def baseline_warning(report: dict[str, Any]) -> list[str]:
@@ -76,7 +91,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         lat1 = r.get("latency", {}).get("1", {})
         thr = max((int(b) for b in r.get("latency", {})), default=None)
         ver = r.get("verification", {})
-        status = ("pass" if ver.get("passed") else "REJECTED") if r.get("status") == "ok" else r.get("status", "?")
+        status = _verify_cell(r, ver) if r.get("status") == "ok" else r.get("status", "?")
         status = "FAILED" if status == "failed" else status
         acc = _f(r.get("accuracy"), ".4f") + (f" (AUC {r['auc']:.3f})" if r.get("auc") is not None else "")
         out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), acc,

@@ -51,12 +51,18 @@ def passed(row: dict[str, Any]) -> bool:
 
 
 def batch_failure(row: dict[str, Any], objective: str) -> str | None:
-    """Why the variant answered wrongly at the objective's batch size (any batch, for size), from its own
-    per-batch verification (kfopt.json extra["batch_verification"], e.g. the OpenVINO pass); else None."""
+    """Why the variant answered wrongly at the objective's batch size (any batch, for size); else None.
+
+    Two sources: the benchmark's verification at every batch size it timed (`verification_by_batch`,
+    kfopt.bench) and a pass's own per-batch verification (kfopt.json extra["batch_verification"], e.g.
+    the OpenVINO pass). A variant right at batch 64 and wrong at batch 1 is never chosen for latency:1.
+    """
     _, bs = parse_objective(objective)
-    batches = ((row.get("extra") or {}).get("batch_verification") or {}).get("batches", {})
-    failed = [(b, r) for b, r in batches.items() if not r.get("passed") and (bs is None or b == str(bs))]
-    return "; ".join(f"wrong at batch {b}: {r.get('reason')}" for b, r in failed) or None
+    own = ((row.get("extra") or {}).get("batch_verification") or {}).get("batches", {})
+    failed = [(b, r, "") for b, r in own.items() if not r.get("passed") and (bs is None or b == str(bs))]
+    failed += [(b, r, " (benchmark, test split)") for b, r in (row.get("verification_by_batch") or {}).items()
+               if not r.get("passed") and (bs is None or b == str(bs))]
+    return "; ".join(f"wrong at batch {b}{where}: {r.get('reason')}" for b, r, where in failed) or None
 
 
 def choose(rows: list[dict[str, Any]], targets: list[str], objectives: dict[str, str] | None = None) -> dict[str, Any]:
