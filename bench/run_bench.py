@@ -272,7 +272,9 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     shutil.rmtree(cfg_out, ignore_errors=True)
     cfg_out.mkdir(parents=True)
     result: dict[str, Any] = {"config": config, "overrides": overrides, "errors": {}}
-    runs_dir = out / "runs"
+    # One runs folder (and so one kfp.local cache) per config: digits_cnn and digits_cnn_torch share their
+    # data stages, so with one cache the second config's "cold" run would take them from the first's.
+    runs_dir = out / "runs" / config
     log(f"  pipeline, cold cache: kfopt run --config {config}" + "".join(f" --set {o}" for o in overrides))
     result["pipeline"] = {"cold": run_pipeline(src, config, runs_dir, overrides, cfg_out / "pipeline-cold.log")}
     log(f"    {result['pipeline']['cold']['command_seconds']} s; again with the cache warm")
