@@ -76,6 +76,8 @@ class QuantizeConfig:
     qat: bool = True  # quantization-aware training (tfmot), then int8 TFLite
     qat_epochs: int = 2
     fallback_max_attempts: int = 3  # int8 retries with the worst layers kept in float (0: no fallback)
+    ort_search: list[str] = dataclasses.field(default_factory=lambda: [  # ORT int8 settings tried (kfopt.passes.ort_int8)
+        "QDQ S8S8 per-channel MinMax", "QOperator U8U8 per-channel Percentile", "QOperator U8S8 per-channel MinMax"])
 
 
 @dataclasses.dataclass
@@ -334,6 +336,9 @@ def _validate_optimize(cfg: RunConfig) -> None:
     from kfopt.optimize import checks
 
     checks.budget(cfg.verify.accuracy_budget, cfg.verify.min_agreement, q.fallback_max_attempts)
+    from kfopt.passes import ort_int8
+
+    ort_int8.Config(search=tuple(q.ort_search))  # each entry parses, or one message naming it and the form
     checks.prune(p.sparsities, p.epochs)
     checks.distill(d.student_width, d.temperature, d.alpha, d.epochs)
 
@@ -371,6 +376,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("calibration_samples", "quantize.calibration_samples", "Training samples (not batches) for int8 calibration; more than the split is clamped with a warning."),
     ("qat_enabled", "quantize.qat", "Quantization-aware training (tfmot) then int8 TFLite."),
     ("qat_epochs", "quantize.qat_epochs", "Fine-tuning epochs of quantization-aware training."),
+    ("ort_search", "quantize.ort_search", "ORT int8 settings searched, the fastest that passes the in-stage check kept (JSON list, e.g. [\"QOperator U8U8 per-channel Percentile\"]; []: QDQ S8S8 only)."),
     ("fallback_max_attempts", "quantize.fallback_max_attempts", "Int8 retries keeping the most harmful layers in float when the accuracy budget is missed (0: none)."),
     ("prune_enabled", "prune.enabled", "Make magnitude-pruned variants (and their int8 TFLite)."),
     ("prune_sparsities", "prune.sparsities", "Target sparsities, each in (0, 1) (JSON list, e.g. [0.5, 0.8])."),

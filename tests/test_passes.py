@@ -125,7 +125,7 @@ def test_ort_int8_follows_a_pruned_model_through_its_onnx_export(pruned, digits_
     pruned_loss = max(0.0, -variant.read(pruned / "pruned_50").extra[check_mod.KEY]["accuracy_delta_pp"])
     assert onnx_fp32.extra[check_mod.KEY]["budget_left_pp"] == pytest.approx(max(0.0, 3.0 - pruned_loss), abs=1e-4)
     export_loss = max(0.0, -onnx_fp32.extra[check_mod.KEY]["accuracy_delta_pp"])
-    assert int8.extra["fallback"]["budget_left_pp"] == pytest.approx(max(0.0, 3.0 - export_loss), abs=1e-4)
+    assert int8.extra[check_mod.KEY]["budget_left_pp"] == pytest.approx(max(0.0, 3.0 - export_loss), abs=1e-4)
     assert int8.extra[check_mod.KEY]["against"] == "baseline"
 
 

@@ -32,7 +32,8 @@ def _evaluate(vdir, dataset_dir, baseline_dir):
 def quantized(digits_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("quantize") / "variants"
     metrics = quantize.run(digits_small["baseline"], digits_small["dataset"], out, calibration_samples=100,
-                           qat_epochs=1, accuracy_budget=1.5, min_agreement=0.95)
+                           qat_epochs=1, accuracy_budget=1.5, min_agreement=0.95,
+                           ort_search=("QDQ S8S8 per-channel MinMax",))  # the QDQ form, checked below
     return out, metrics
 
 

@@ -5,7 +5,7 @@ Variants (children of the baseline, or of its ONNX export for the ONNX ones):
     tflite_dynamic   int8 weights, float activations (no calibration)              target edge
     tflite_fp16      float16 weights                                               target edge
     tflite_int8      full integer, int8 input and output, calibrated (pass)        target edge
-    onnx_int8        ORT static QDQ, per-channel weights (pass ort_int8)            target cpu
+    onnx_int8        ORT static int8, the fastest passing setting searched (pass ort_int8)  target cpu
     onnx_int8_trt    symmetric QDQ with float bias, the form TensorRT parses        target gpu
                      (pass ort_int8_trt; slower on ORT than onnx_int8, hence its own variant)
     tflite_qat_int8  tfmot quantize_model, a short fine-tune, then int8 TFLite (pass qat)  target edge
@@ -69,10 +69,13 @@ def _weight_only(baseline_dir: Path, parent: variant.VariantMeta, tmp: Path,
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, calibration_samples: int = 200,
         qat: bool = True, qat_epochs: int = 2, accuracy_budget: float = 0.5, min_agreement: float = 0.97,
-        fallback_max_attempts: int = 3, opset: int = 17) -> dict[str, Any]:
+        fallback_max_attempts: int = 3, opset: int = 17,
+        ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
+        bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     """Write the quantized variants of the baseline into out_dir (one folder per variant)."""
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     int8_cfg = tflite_int8.Config(fallback_max_attempts, calibration_samples)
+    ort_cfg = ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads, tuple(bench_batch_sizes))
     if qat:
         qat_pass.Config(qat_epochs)  # bad settings fail before anything is made
     parent = variant.read(baseline_dir)
@@ -96,7 +99,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
 
         _weight_only(baseline_dir, parent, tmp, timed)
         onnx_dir = onnx_parent(baseline_dir, parent, ctx, opset)
-        steps = [(tflite_int8, int8_cfg, Path(baseline_dir)), (ort_int8, ort_int8.Config(fallback_max_attempts), onnx_dir),
+        steps = [(tflite_int8, int8_cfg, Path(baseline_dir)), (ort_int8, ort_cfg, onnx_dir),
                  (ort_int8_trt, ort_int8_trt.Config(fallback_max_attempts), onnx_dir)]
         if parent.format == "torch":  # PT2E works on the exported graph: any torch program, brought ones too
             from kfopt.passes import pt2e_int8, torch_compile  # torch_compile: PT2E's fp32 reference, same runner
