@@ -148,6 +148,12 @@ class _Reader:
         return iter(self.get_next, None)
 
 
+def _even_batch(count: int, most: int = 32) -> int:
+    """The largest calibration batch up to `most` that divides `count`: ORT's histogram calibrators (Entropy,
+    Percentile) stack the batches' outputs and fail on a shorter last batch (200 samples: batches of 25)."""
+    return max(b for b in range(1, min(most, count) + 1) if count % b == 0)
+
+
 class Quantizer:
     """ORT static int8 of one preprocessed fp32 ONNX model in one `Setting`."""
 
@@ -171,7 +177,8 @@ class Quantizer:
         self._made += 1
         out = self.workdir / f"int8_{self._made}.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print their progress
-            quantize_static(str(self.float_path), str(out), _Reader(self.samples, self.input_name),
+            quantize_static(str(self.float_path), str(out), _Reader(self.samples, self.input_name, _even_batch(
+                len(self.samples))),
                             quant_format=QuantFormat.QDQ if st.format == "QDQ" else QuantFormat.QOperator,
                             per_channel=st.per_channel, activation_type=types[st.activations],
                             weight_type=types[st.weights], calibrate_method=getattr(CalibrationMethod, st.calibration),
