@@ -34,7 +34,7 @@ def _ratio(a: list[float], b: list[float]) -> dict[str, Any]:
 
 
 EAGER_TITLES = {"keras_eager": "Keras eager", "torch_eager": "torch eager"}
-SHRINKING = ("prune", "distill")  # techniques that change the network itself
+SHRINKING = {"prune", "distill"}  # techniques that change the network itself
 
 
 def _techniques(model: dict) -> set[str]:
@@ -56,14 +56,14 @@ def unpruned_counterpart(models: dict[str, dict], name: str) -> str | None:
     if at is None:
         return None
     want = _shape(steps[at:])
-    return next((n for n, m in sorted(models.items()) if not _techniques(m) & set(SHRINKING)
+    return next((n for n, m in sorted(models.items()) if not _techniques(m) & (SHRINKING | {"olive"})
                  and _shape(m["lineage"]) == want), None)
 
 
 def _fp32_reference(models: dict[str, dict], runtime_id: str) -> str | None:
     """The runtime's fp32 model of the unchanged network, made in the fewest steps (onnx_fp32, not Olive's)."""
     refs = [(len(m["lineage"]), n) for n, m in models.items() if m.get("runtime_id") == runtime_id
-            and m["precision"] == "fp32" and not _techniques(m) & set(SHRINKING)]
+            and m["precision"] == "fp32" and m["technique"] != "olive" and not _techniques(m) & SHRINKING]
     return min(refs)[1] if refs else None
 
 
@@ -76,7 +76,8 @@ def _onnx_counterpart(models: dict[str, dict], name: str) -> str | None:
     parent = steps[-2]["name"]
     if models[name]["precision"] == "fp32":
         return parent if parent in models else None
-    return next((n for n, m in sorted(models.items()) if m["format"] == "onnx" and len(m["lineage"]) >= 2
+    return next((n for n, m in sorted(models.items()) if m["format"] == "onnx" and m["technique"] != "olive"
+                 and len(m["lineage"]) >= 2
                  and m["lineage"][-2]["name"] == parent and m["precision"] == models[name]["precision"]
                  and m["lineage"][-1]["target"] == "cpu"), None)
 
@@ -281,7 +282,7 @@ def _best_pruning(result: dict) -> str:
     if not rows:
         return "no pruned model within the budget" if any(
             r["title"].startswith("pruned vs unpruned") for r in result.get("comparisons", [])) else "–"
-    row = min(rows, key=lambda r: r["ratio"])
+    row = min(rows, key=lambda r: ("no clear" in _reading(r), r["ratio"]))  # a clear reading first
     return f"{row['a']} vs {row['b']} ({row['title'][len('pruned vs unpruned in '):]}): {_reading(row)}"
 
 
