@@ -510,3 +510,34 @@ def test_digits_cnn_torch_through_kfp_local(tmp_path):
     for name in ("pt2e_int8", "torch_compile"):  # torch.compile in the benchmark's own worker
         assert rows[(name, "cpu")]["status"] == "ok", name
     assert report["choices"]["cpu"]["chosen"] in {n for (n, hw), r in rows.items() if r["status"] == "ok"}
+
+
+def test_a_static_batch_onnx_is_timed_only_at_its_batch_and_answers_any_size(data, tmp_path):
+    """An ONNX graph exported with batch 1 fixed: the runner says it accepts only 1 and feeds larger
+    inputs in chunks, so verification at any size gives the same answers as one sample at a time."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kfopt import formats, variant
+
+    n = 64
+    w = np.random.default_rng(0).normal(size=(n, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["output"], axis=-1)],
+        "static", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())])
+    folder = tmp_path / "static_onnx"
+    folder.mkdir()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ORT 1.31 reads (onnx 1.23 writes a newer IR by default)
+    onnx.save(model, str(folder / "model.onnx"))
+    variant.write(folder, variant.VariantMeta(
+        name="static_onnx", format="onnx", precision="fp32", target="cpu", framework="onnx", runtime="onnxruntime",
+        input=variant.TensorSpec("input", [1, n]), output=variant.TensorSpec("output", [1, 10])))
+    runner = formats.load(folder, threads=1)
+    assert runner.accepted_batches == (1,)
+    x = np.random.default_rng(1).normal(size=(7, n)).astype(np.float32)
+    one_by_one = np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(runner.predict(x), one_by_one, rtol=1e-6)

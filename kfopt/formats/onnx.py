@@ -39,10 +39,24 @@ class OnnxRunner:
         self.meta = meta
         self._session = ort.InferenceSession(str(Path(variant_dir) / FILENAME), options,
                                              providers=providers or ["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        # A graph exported with a fixed batch (an int, not a name, in its first dimension) runs only at
+        # that batch: the benchmark times only it, and other sizes are fed in padded chunks of it.
+        self.static_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
+        self.accepted_batches = None if self.static_batch is None else (self.static_batch,)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.asarray(x, np.float32)})[0]
+        x = np.asarray(x, np.float32)
+        fixed = self.static_batch
+        if fixed is None or len(x) == fixed:
+            return self._session.run(None, {self._input: x})[0]
+        chunks = []
+        for i in range(0, len(x), fixed):
+            part = x[i:i + fixed]
+            padded = np.concatenate([part, np.repeat(part[-1:], fixed - len(part), axis=0)]) if len(part) < fixed else part
+            chunks.append(self._session.run(None, {self._input: padded})[0][:len(part)])
+        return np.concatenate(chunks)
 
 
 def load(variant_dir: Path, meta: variant.VariantMeta, threads: int | None = None) -> OnnxRunner:
