@@ -541,3 +541,21 @@ def test_a_static_batch_onnx_is_timed_only_at_its_batch_and_answers_any_size(dat
     x = np.random.default_rng(1).normal(size=(7, n)).astype(np.float32)
     one_by_one = np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(runner.predict(x), one_by_one, rtol=1e-6)
+
+
+def test_breast_cancer_mlp_torch_through_kfp_local(tmp_path):
+    """`kfopt run --config breast_cancer_mlp_torch` (binary, tabular) end to end, with its own pruning
+    and distillation: every torch technique on the second bundled model, through the real runner."""
+    from kfopt.cli import main
+
+    small = ["--set", "train.epochs=5", "--set", "bench.max_seconds=0.1", "--set", "bench.batch_sizes=[1, 64]",
+             "--set", "prune.sparsities=[0.5]", "--set", "prune.epochs=2", "--set", "distill.epochs=3",
+             "--set", "tensorrt.enabled=false", "--set", "openvino.enabled=false"]
+    assert main(["run", "--config", "breast_cancer_mlp_torch", "--runs-dir", str(tmp_path), *small]) == 0
+    report = json.loads(((tmp_path / "latest").resolve() / "report.json").read_text())
+    rows = {(r["name"], r["hardware"]): r for r in report["rows"]}
+    base = rows[("baseline", "cpu")]
+    assert (base["status"], base["format"]) == ("ok", "torch") and base["accuracy"] > 0.8  # binary: chance 0.5
+    for name in ("onnx_fp32", "onnx_int8", "pruned_50", "pruned_50_onnx_fp32", "student"):
+        assert rows[(name, "cpu")]["status"] == "ok", (name, rows[(name, "cpu")].get("reason"))
+    assert report["choices"]["cpu"]["chosen"] in {n for (n, hw), r in rows.items() if r["status"] == "ok"}
