@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 LIBRARIES = ("kfopt", "tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "onnx", "numpy",
-             "tensorrt", "tensorrt-rtx-cu12", "torch")
+             "openvino", "nncf", "tensorrt", "tensorrt-rtx-cu12", "torch", "torchao", "torch-pruning")
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd")
 
 
