@@ -65,6 +65,8 @@ class Stage:
 _GATE = {"accuracy_budget": "verify.accuracy_budget", "min_agreement": "verify.min_agreement",
          "fallback_max_attempts": "quantize.fallback_max_attempts"}
 _DATA = {"dataset_dir": "augment.augmented"}
+#: What the ORT int8 pass searches and times with, wherever it runs (quantize and the prune/distill chains).
+_ORT = {"ort_search": "quantize.ort_search", "bench_threads": "bench.threads", "bench_batch_sizes": "bench.batch_sizes"}
 _BASELINE = {"baseline_dir": "train.baseline"}
 
 STAGES: tuple[Stage, ...] = (
@@ -94,19 +96,18 @@ STAGES: tuple[Stage, ...] = (
           "TFLite dynamic/float16/int8, ORT static int8 QDQ (+ TensorRT form), QAT int8.",
           knobs={"enabled": "quantize.enabled", "calibration_samples": "quantize.calibration_samples",
                  "qat": "quantize.qat", "qat_epochs": "quantize.qat_epochs", "opset": "export.opset",
-                 "ort_search": "quantize.ort_search", "bench_threads": "bench.threads",
-                 "bench_batch_sizes": "bench.batch_sizes", **_GATE},
+                 **_GATE, **_ORT},
           inputs={**_BASELINE, **_DATA}, variants="quantized", fails_alone=True),
     Stage("prune", "kfopt.optimize.prune:run",
           "magnitude pruning to each target sparsity (fp32), its int8 TFLite, its ONNX + ORT int8.",
           knobs={"enabled": "prune.enabled", "sparsities": "prune.sparsities", "epochs": "prune.epochs",
-                 "calibration_samples": "quantize.calibration_samples", "opset": "export.opset", **_GATE},
+                 "calibration_samples": "quantize.calibration_samples", "opset": "export.opset", **_GATE, **_ORT},
           inputs={**_BASELINE, **_DATA}, variants="pruned", fails_alone=True),
     Stage("distill", "kfopt.optimize.distill:run",
           "a smaller student trained from the baseline (teacher) (fp32), its int8 TFLite, its ONNX + ORT int8.",
           knobs={"enabled": "distill.enabled", "student_width": "distill.student_width",
                  "temperature": "distill.temperature", "alpha": "distill.alpha", "epochs": "distill.epochs",
-                 "calibration_samples": "quantize.calibration_samples", "opset": "export.opset", **_GATE},
+                 "calibration_samples": "quantize.calibration_samples", "opset": "export.opset", **_GATE, **_ORT},
           inputs={**_BASELINE, **_DATA}, variants="distilled", fails_alone=True),
     Stage("tensorrt", "kfopt.accelerate.tensorrt_stage:run",
           "strongly typed FP16/INT8 TensorRT engines from the ONNX variants (GPU pool).",

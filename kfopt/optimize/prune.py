@@ -149,12 +149,15 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
         sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3,
-        opset: int = 17) -> dict[str, Any]:
+        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
+        bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     sparsities = [float(s) for s in sparsities]
     checks.prune(sparsities, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
-               "onnx_export": onnx_export.Config(opset), "ort_int8": ort_int8.Config(fallback_max_attempts)}
+               "onnx_export": onnx_export.Config(opset),
+               "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads,
+                                           tuple(bench_batch_sizes))}
     parent = variant.read(baseline_dir)
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "prune"):
         from kfopt.optimize import torch_prune  # kfopt's own torch model: structured channel pruning
