@@ -60,6 +60,7 @@ class TrainConfig:
     patience: int = 4
     mixed_precision: str = "none"  # none | mixed_bfloat16
     seed: int = 1
+    workers: int = 1  # data-parallel worker processes (torch: DistributedDataParallel via torch.distributed.run)
 
 
 @dataclasses.dataclass
@@ -280,6 +281,9 @@ def validate(cfg: RunConfig) -> None:
     check(t.epochs >= 1, f"train.epochs must be at least 1, got {t.epochs}.")
     check(t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}.")
     check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
+    check(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}.")
+    check(t.batch_size % t.workers == 0, f"train.batch_size ({t.batch_size}) is the global batch and must be a "
+          f"multiple of train.workers ({t.workers}); change one of them.")
     check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),
           f"train.mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {t.mixed_precision!r}.")
     _validate_optimize(cfg)
@@ -369,6 +373,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("patience", "train.patience", "Early-stopping patience in epochs."),
     ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (fast on CPU) or mixed_float16 (GPU)."),
     ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
+    ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel through torch.distributed.run; batch_size is the global batch). 1 trains in the stage's own process."),
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
     ("export_onnx", "export.onnx", "Export the baseline as a float32 ONNX variant."),
     ("onnx_opset", "export.opset", "ONNX opset of exported graphs."),

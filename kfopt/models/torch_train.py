@@ -18,7 +18,8 @@ MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 
 
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, batch_size: int, learning_rate: float,
-        patience: int, mixed_precision: str = "none", seed: int = 1, width: float = 1.0) -> dict[str, Any]:
+        patience: int, mixed_precision: str = "none", seed: int = 1, width: float = 1.0,
+        workers: int = 1) -> dict[str, Any]:
     import torch
 
     from kfopt import verify
@@ -29,6 +30,12 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     if mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}.")
     torch_architectures.check(architecture)
+    if workers != 1:  # N processes through torch.distributed.run, DistributedDataParallel (torch_ddp)
+        from kfopt.models import torch_ddp
+
+        return torch_ddp.launch(dataset_dir, out_dir, workers=workers, architecture=architecture, epochs=epochs,
+                                batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+                                mixed_precision=mixed_precision, seed=seed, width=width)
     ds = ds_mod.read(dataset_dir)
     torch.manual_seed(seed)
     model = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
