@@ -61,6 +61,9 @@ class TrainConfig:
     mixed_precision: str = "none"  # none | mixed_bfloat16
     seed: int = 1
     workers: int = 1  # data-parallel worker processes (torch: DistributedDataParallel via torch.distributed.run)
+    engine: str = "local"  # local: torch.distributed.run in the stage's pod | trainjob: a Kubeflow Trainer TrainJob
+    namespace: str = "kfopt"  # namespace of the TrainJob (engine: trainjob)
+    timeout_s: float = 3600.0  # how long the stage waits for the TrainJob to complete
 
 
 @dataclasses.dataclass
@@ -282,6 +285,8 @@ def validate(cfg: RunConfig) -> None:
     check(t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}.")
     check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
     check(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}.")
+    check(t.engine in ("local", "trainjob"), f"train.engine must be local or trainjob, got {t.engine!r}.")
+    check(t.timeout_s > 0, f"train.timeout_s must be positive, got {t.timeout_s}.")
     check(t.batch_size % t.workers == 0, f"train.batch_size ({t.batch_size}) is the global batch and must be a "
           f"multiple of train.workers ({t.workers}); change one of them.")
     check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),
@@ -374,6 +379,9 @@ PARAMS: list[tuple[str, str, str]] = [
     ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (fast on CPU) or mixed_float16 (GPU)."),
     ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
     ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel through torch.distributed.run; batch_size is the global batch). 1 trains in the stage's own process."),
+    ("train_engine", "train.engine", "Where train_workers > 1 trains: local (torch.distributed.run inside the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the torch-distributed runtime, on the deployment's gpu pool)."),
+    ("train_namespace", "train.namespace", "Namespace of the TrainJob (train_engine trainjob)."),
+    ("train_timeout_s", "train.timeout_s", "Seconds the train stage waits for its TrainJob to complete."),
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
     ("export_onnx", "export.onnx", "Export the baseline as a float32 ONNX variant."),
     ("onnx_opset", "export.opset", "ONNX opset of exported graphs."),

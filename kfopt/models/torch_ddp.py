@@ -58,8 +58,9 @@ def check_workers(workers: int, batch_size: int) -> None:
                           "a step; change one of them.")
 
 
-def _args(dataset: str, out: str, metrics: str, *, architecture: str, epochs: int, batch_size: int,
-          learning_rate: float, patience: int, mixed_precision: str, seed: int, width: float) -> list[str]:
+def worker_args(dataset: str, out: str, metrics: str, *, architecture: str, epochs: int, batch_size: int,
+                learning_rate: float, patience: int, seed: int, mixed_precision: str = "none",
+                width: float = 1.0) -> list[str]:
     """The worker's command-line arguments (also the TrainJob's, kfopt.trainjob)."""
     return ["--dataset", dataset, "--out", out, "--metrics", metrics, "--architecture", architecture,
             "--epochs", str(epochs), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
@@ -76,7 +77,7 @@ def launch(dataset_dir: Path, out_dir: Path, *, workers: int, timeout_s: float |
         logs = Path(tmp) / "logs"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(workers),
                "--log_dir", str(logs), "--redirects", "3", "-m", "kfopt.models.torch_ddp",
-               *_args(str(dataset_dir), str(out_dir), str(metrics), **train)]
+               *worker_args(str(dataset_dir), str(out_dir), str(metrics), **train)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as err:

@@ -19,7 +19,8 @@ MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, batch_size: int, learning_rate: float,
         patience: int, mixed_precision: str = "none", seed: int = 1, width: float = 1.0,
-        workers: int = 1) -> dict[str, Any]:
+        workers: int = 1, engine: str = "local", namespace: str = "kfopt", timeout_s: float = 3600.0,
+        deployment: str = "", api_client=None) -> dict[str, Any]:
     import torch
 
     from kfopt import verify
@@ -30,12 +31,21 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     if mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}.")
     torch_architectures.check(architecture)
+    hyper = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                 patience=patience, mixed_precision=mixed_precision, seed=seed, width=width)
+    if workers != 1 and engine == "trainjob":  # N nodes of a Kubeflow Trainer TrainJob (kfopt.trainjob)
+        from kfopt import deployment as deploy_mod
+        from kfopt import trainjob
+
+        if not deployment:
+            raise ConfigError("train.engine: trainjob needs the deployment file (deploy.deployment) whose gpu pool "
+                              "the TrainJob runs on; compile with --deployment, or set train.engine: local.")
+        return trainjob.run(dataset_dir, out_dir, workers=workers, placement=deploy_mod.load(deployment),
+                            namespace=namespace, timeout_s=timeout_s, api_client=api_client, **hyper)
     if workers != 1:  # N processes through torch.distributed.run, DistributedDataParallel (torch_ddp)
         from kfopt.models import torch_ddp
 
-        return torch_ddp.launch(dataset_dir, out_dir, workers=workers, architecture=architecture, epochs=epochs,
-                                batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                                mixed_precision=mixed_precision, seed=seed, width=width)
+        return torch_ddp.launch(dataset_dir, out_dir, workers=workers, **hyper)
     ds = ds_mod.read(dataset_dir)
     torch.manual_seed(seed)
     model = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)

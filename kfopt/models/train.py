@@ -71,7 +71,8 @@ def curves_html(history: dict[str, list[float]]) -> str:
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", model_uri: str = "",
         epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3, patience: int = 4,
         mixed_precision: str = "none", seed: int = 1, width: float = 1.0, framework: str = "keras",
-        workers: int = 1) -> dict[str, Any]:
+        workers: int = 1, engine: str = "local", namespace: str = "kfopt", timeout_s: float = 3600.0,
+        deployment: str = "") -> dict[str, Any]:
     from kfopt.frameworks import keras as adapter
     from kfopt.tfenv import keras
 
@@ -84,7 +85,8 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
 
         return torch_train.run(dataset_dir, out_dir, architecture=architecture, epochs=epochs, batch_size=batch_size,
                                learning_rate=learning_rate, patience=patience, mixed_precision=mixed_precision,
-                               seed=seed, width=width, workers=workers)
+                               seed=seed, width=width, workers=workers, engine=engine, namespace=namespace,
+                               timeout_s=timeout_s, deployment=deployment)
     if workers != 1:
         raise ConfigError(f"train.workers is {workers}, but data-parallel training is built for model.framework: "
                           "torch only; set train.workers: 1 for a Keras model.")
