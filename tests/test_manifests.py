@@ -297,7 +297,12 @@ def test_nothing_in_the_namespace_accepts_connections(rendered, path):
     policies = by_kind(rendered[path], "NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"]["policyTypes"]]
     assert deny and not deny[0]["spec"].get("ingress"), "a default-deny ingress policy for every pod"
-    assert not [p for p in policies if p["spec"].get("ingress")], "no policy lets connections in"
+    letting_in = [p for p in policies if p["spec"].get("ingress")]
+    assert [p["metadata"]["name"] for p in letting_in] == ["kfopt-trainjob-nodes"], "no other policy lets connections in"
+    jobset = [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]
+    assert letting_in[0]["spec"]["podSelector"] == {"matchExpressions": jobset}
+    assert letting_in[0]["spec"]["ingress"] == [{"from": [{"podSelector": {"matchExpressions": jobset}}]}], \
+        "TrainJob nodes accept connections only from TrainJob nodes of the namespace"
     retrain = next(p for p in policies if p["metadata"]["name"] == "kfopt-retrain")
     ports = {port["port"] for rule in retrain["spec"]["egress"] for port in rule["ports"]}
     assert ports == {53, 8888}, "the submit pod reaches only DNS and the KFP API"
@@ -331,3 +336,13 @@ def test_the_pipeline_may_manage_inferenceservices_for_the_deploy_stage(rendered
              if "serving.kserve.io" in r["apiGroups"]]
     assert rules == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
                       "verbs": ["get", "create", "update"]}]
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_pipeline_may_create_and_follow_trainjobs_for_the_train_stage(rendered, path):
+    """kfopt.trainjob creates and reads TrainJobs and reads its failed node pods' logs: exactly those verbs."""
+    rules = [r for role in by_kind(rendered[path], "Role") for r in role["rules"]
+             if "trainer.kubeflow.org" in r["apiGroups"] or {"pods", "pods/log"} & set(r["resources"])]
+    assert rules == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["get", "create"]},
+                     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
