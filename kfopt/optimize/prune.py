@@ -135,6 +135,12 @@ def _names(parent: variant.VariantMeta, sparsities: list[float]) -> list[tuple[s
     out = []
     for name in map(checks.pruned_name, sparsities):
         out += [(name, parent.format, "cpu"), *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
+    if parent.framework == "torch":  # kfopt's own torch models also get global-magnitude pruning (torch_sparse)
+        from kfopt.optimize.torch_sparse import sparse_name
+
+        for name in map(sparse_name, sparsities):
+            out += [(name, parent.format, "cpu"),
+                    *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
     return out
 
 
@@ -160,11 +166,20 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
                                            tuple(bench_batch_sizes))}
     parent = variant.read(baseline_dir)
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "prune"):
-        from kfopt.optimize import torch_prune  # kfopt's own torch model: structured channel pruning
+        from kfopt.optimize import torch_prune, torch_sparse  # kfopt's own torch model: structured and global
 
-        return torch_prune.run(baseline_dir, dataset_dir, out_dir, sparsities=sparsities, epochs=epochs,
-                               calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
-                               min_agreement=min_agreement, configs=configs, chain=CHAIN)
+        metrics = {}
+        with variant.staged_dir(Path(out_dir)) as tmp:
+            for kind, module in (("structured", torch_prune), ("sparse", torch_sparse)):
+                metrics.update(module.run(baseline_dir, dataset_dir, tmp / f".{kind}", sparsities=sparsities,
+                                          epochs=epochs, calibration_samples=calibration_samples, chain=CHAIN,
+                                          accuracy_budget=accuracy_budget, min_agreement=min_agreement,
+                                          configs=configs))
+                for made in (tmp / f".{kind}").iterdir():
+                    made.rename(tmp / made.name)
+                (tmp / f".{kind}").rmdir()
+            metrics["variants"] = len(variant.discover(tmp))
+        return metrics
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)

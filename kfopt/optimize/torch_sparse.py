@@ -1,0 +1,138 @@
+"""Unstructured global-magnitude pruning of kfopt's own torch models, for size (not speed).
+
+For each `sparsity` s, `torch.nn.utils.prune.global_unstructured` (L1) ranks the weights of every
+convolution and linear layer together and masks the smallest fraction s of them, so layers with
+many small weights lose more than the rest. The masked model is fine-tuned with the masks in place
+(the loss of kfopt.optimize.torch_distill.distill_into: the labels plus the unpruned model's softened
+outputs, the epoch agreeing best with the unpruned model kept), then `prune.remove` makes the zeros
+plain weights, so the saved `.pt2` is an ordinary fp32 program:
+
+    sparse_<NN>              fp32 .pt2 (torch eager); sparsity per layer and overall, and size and
+                             gzip size against the unpruned model, in kfopt.json
+    sparse_<NN>_onnx_fp32    its ONNX export, then sparse_<NN>_onnx_int8: the prune stage's CHAIN
+
+Zeros still multiply: no runtime here skips them, so the model is smaller after gzip and no faster.
+kfopt.json records the latency against the unpruned model measured in the same runtime (torch eager,
+one thread), with `speeds_up`, so the report says so rather than assuming. Structured pruning
+(kfopt.optimize.torch_prune) is the one that removes work.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from kfopt import bench, passes, variant
+from kfopt.data import dataset as ds_mod
+from kfopt.export import child_meta
+from kfopt.optimize import torch_distill, torch_prune
+from kfopt.passes.check import InStageCheck, calibration_set
+
+TEMPERATURE = torch_prune.TEMPERATURE
+HARD_WEIGHT = torch_prune.HARD_WEIGHT
+
+
+def sparse_name(sparsity: float) -> str:
+    return f"sparse_{int(round(sparsity * 100)):02d}"
+
+
+def _weights(module) -> list[tuple[str, Any]]:
+    """(name, layer) of every convolution and linear layer: the weights global pruning ranks together."""
+    from torch import nn
+
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, kinds)]
+
+
+def prune_globally(module, sparsity: float) -> list[tuple[str, Any]]:
+    """Mask the `sparsity` smallest-magnitude weights over all conv/linear layers together (masks stay)."""
+    from torch.nn.utils import prune
+
+    layers = _weights(module)
+    prune.global_unstructured([(layer, "weight") for _, layer in layers], pruning_method=prune.L1Unstructured,
+                              amount=sparsity)
+    return layers
+
+
+def make_permanent(layers: list[tuple[str, Any]]) -> None:
+    """`prune.remove`: the masked weights become plain zero-filled `weight` tensors, the hooks go."""
+    from torch.nn.utils import prune
+
+    for _, layer in layers:
+        prune.remove(layer, "weight")
+
+
+def measured_sparsity(layers: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Zeros per layer's weight and overall over the pruned weights (biases are not pruned)."""
+    per, zeros, size = {}, 0, 0
+    for name, layer in layers:
+        w = layer.weight.detach()
+        z = int((w == 0).sum())
+        per[name] = round(z / w.numel(), 4)
+        zeros, size = zeros + z, size + w.numel()
+    return {"overall": round(zeros / size, 4), "layers": per}
+
+
+def _sizes_vs(unpruned: dict[str, int], vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
+    """Raw and gzip size (as the benchmark measures them) and the gzip ratio to the unpruned model."""
+    meta.extra.update(bench.sizes(vdir, meta))
+    meta.extra["unpruned_size_gzip_bytes"] = unpruned["size_gzip_bytes"]
+    meta.extra["gzip_ratio_vs_unpruned"] = round(meta.extra["size_gzip_bytes"] / unpruned["size_gzip_bytes"], 4)
+    return variant.write(vdir, meta)
+
+
+def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: list[float], epochs: int,
+        calibration_samples: int, accuracy_budget: float, min_agreement: float, configs: dict[str, Any],
+        chain, log=print) -> dict[str, Any]:
+    """Every sparse model of the torch baseline at `baseline_dir`, fine-tuned, then `chain`, under `out_dir`."""
+    import tempfile
+
+    from kfopt.frameworks import torch as adapter
+
+    parent = variant.read(baseline_dir)
+    unpruned_sizes = bench.sizes(Path(baseline_dir), parent)
+    metrics: dict[str, Any] = {}
+    with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        ds = ds_mod.read(dataset_dir)
+        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
+                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        unpruned = adapter.load(baseline_dir)
+        shape = list(unpruned.feature_shape)
+        for sparsity in sparsities:
+            name = sparse_name(sparsity)
+            start = time.perf_counter()
+            module = copy.deepcopy(unpruned)
+            layers = prune_globally(module, sparsity)
+            history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
+                                                 alpha=HARD_WEIGHT, seed=int(parent.params.get("seed", 1)),
+                                                 keep="agreement")
+            make_permanent(layers)
+            measured = measured_sparsity(layers)
+            latency = torch_prune._latency(unpruned, module, shape)
+            meta = child_meta(parent, name, technique="prune", params={
+                "method": "unstructured global magnitude (torch.nn.utils.prune.global_unstructured, L1, "
+                          "then prune.remove)", "target_sparsity": sparsity, "epochs": epochs,
+                "learning_rate": torch_distill.LEARNING_RATE,
+                "fine_tune": f"masks in place, labels + unpruned model's outputs (T={TEMPERATURE:g}), "
+                             "best validation agreement kept"},
+                extra={"sparsity": measured, "latency_vs_unpruned": latency,
+                       "val_agreement_with_unpruned": history["val_agreement"]})
+            adapter.save(module, tmp / name)
+            variant.write(tmp / name, meta)
+            meta = _sizes_vs(unpruned_sizes, tmp / name, ctx.check.record(tmp / name))
+            for child in passes.follow(chain, tmp / name, tmp, ctx, configs):
+                if child.status == "ok":
+                    child = _sizes_vs(unpruned_sizes, tmp / child.name, child)
+                    metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
+            speed = latency[str(torch_prune.TIMED_BATCHES[-1])]["speedup"]
+            log(f"  {name}: {measured['overall']:.0%} zeros, gzip {meta.extra['size_gzip_bytes']} bytes "
+                f"({meta.extra['gzip_ratio_vs_unpruned']:.2f}× the unpruned), {speed:.2f}× the unpruned speed at "
+                f"batch {torch_prune.TIMED_BATCHES[-1]} ({latency['runtime']})")
+            metrics[f"{name}_sparsity"] = measured["overall"]
+            metrics[f"{name}_size_gzip_bytes"] = meta.extra["size_gzip_bytes"]
+            metrics[f"{name}_speedup_at_{torch_prune.TIMED_BATCHES[-1]}"] = speed
+            metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+        metrics["variants"] = len(variant.discover(tmp))
+    return metrics
