@@ -184,6 +184,7 @@ def test_pt2e_int8_runs_compiled_and_agrees_with_the_baseline(own, data, tmp_pat
     base = adapter.predict(adapter.load(own["dir"]), x)
     assert (bench.predict_all(runner, x).argmax(1) == base.argmax(1)).mean() >= 0.97
     assert variant.read(tmp_path / "q" / "tflite_int8").skipped  # Keras-only, said so
+    assert "switched off" in variant.read(tmp_path / "q" / "pt2e_qat_int8").reason.lower()  # qat=False
     compiled = variant.read(tmp_path / "q" / "torch_compile")  # the fp32 program through the same runner
     assert (compiled.status, compiled.format, compiled.precision) == ("ok", "torch_compile", "fp32")
     np.testing.assert_allclose(bench.predict_all(formats.load(tmp_path / "q" / "torch_compile"), x), base, atol=1e-5)

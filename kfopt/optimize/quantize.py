@@ -9,6 +9,7 @@ Variants (children of the baseline, or of its ONNX export for the ONNX ones):
     onnx_int8_trt    symmetric QDQ with float bias, the form TensorRT parses        target gpu
                      (pass ort_int8_trt; slower on ORT than onnx_int8, hence its own variant)
     tflite_qat_int8  tfmot quantize_model, a short fine-tune, then int8 TFLite (pass qat)  target edge
+    pt2e_qat_int8    torch only: torchao PT2E QAT, a short fine-tune, run by torch.compile (pass pt2e_qat)
 
 The TFLite variants need a framework that converts to TFLite directly (kfopt.json's `framework` and
 its adapter's capabilities); for another framework they are skipped with the reason. The ONNX passes
@@ -102,10 +103,15 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         steps = [(tflite_int8, int8_cfg, Path(baseline_dir)), (ort_int8, ort_cfg, onnx_dir),
                  (ort_int8_trt, ort_int8_trt.Config(fallback_max_attempts), onnx_dir)]
         if parent.format == "torch":  # PT2E works on the exported graph: any torch program, brought ones too
-            from kfopt.passes import pt2e_int8, torch_compile  # torch_compile: PT2E's fp32 reference, same runner
+            from kfopt.passes import pt2e_int8, pt2e_qat, torch_compile  # torch_compile: PT2E's fp32 reference, same runner
 
             steps += [(torch_compile, torch_compile.Config(), Path(baseline_dir)),
                       (pt2e_int8, pt2e_int8.Config(), Path(baseline_dir))]
+            if qat:  # PT2E QAT also works on the exported graph: brought programs get it too
+                steps.append((pt2e_qat, pt2e_qat.Config(qat_epochs), Path(baseline_dir)))
+            else:
+                write_skipped(tmp, [(pt2e_qat.name_for(parent), pt2e_qat.FORMAT, pt2e_qat.TARGET)], SWITCHED_OFF,
+                              "qat", parent.name)
         if qat:
             steps.append((qat_pass, qat_pass.Config(qat_epochs), Path(baseline_dir)))
         else:

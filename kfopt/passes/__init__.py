@@ -37,7 +37,7 @@ from kfopt.passes.check import InStageCheck
 PASSES = {"tflite_int8": "kfopt.passes.tflite_int8", "ort_int8": "kfopt.passes.ort_int8",
           "ort_int8_trt": "kfopt.passes.ort_int8_trt", "qat": "kfopt.passes.qat",
           "onnx_export": "kfopt.passes.onnx_export", "pt2e_int8": "kfopt.passes.pt2e_int8",
-          "torch_compile": "kfopt.passes.torch_compile"}
+          "torch_compile": "kfopt.passes.torch_compile", "pt2e_qat": "kfopt.passes.pt2e_qat"}
 #: Fine-tuning batch size (pruning, QAT, distillation); the runs are short, so this is not tuned.
 FINE_TUNE_BATCH = 32
 BASELINE = "baseline"
