@@ -87,12 +87,18 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
                                learning_rate=learning_rate, patience=patience, mixed_precision=mixed_precision,
                                seed=seed, width=width, workers=workers, engine=engine, namespace=namespace,
                                timeout_s=timeout_s, deployment=deployment)
-    if workers != 1:
-        raise ConfigError(f"train.workers is {workers}, but data-parallel training is built for model.framework: "
-                          "torch only; set train.workers: 1 for a Keras model.")
 
     if mixed_precision not in ("none", "mixed_bfloat16", "mixed_float16"):
         raise ConfigError(f"mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {mixed_precision!r}.")
+    if workers != 1:  # N local TF processes, MultiWorkerMirroredStrategy with TF_CONFIG (keras_mwms)
+        if engine != "local":
+            raise ConfigError(f"train.engine: {engine} runs torch models only (Kubeflow Trainer v2 has no TensorFlow "
+                              "runtime); set train.engine: local for a Keras model, or model.framework: torch.")
+        from kfopt.models import keras_mwms
+
+        return keras_mwms.launch(dataset_dir, out_dir, workers=workers, architecture=architecture, epochs=epochs,
+                                 batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+                                 mixed_precision=mixed_precision, seed=seed, width=width)
     ds = ds_mod.read(dataset_dir)
     keras().utils.set_random_seed(seed)
     keras().mixed_precision.set_global_policy("float32" if mixed_precision == "none" else mixed_precision)
