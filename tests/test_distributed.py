@@ -121,3 +121,16 @@ def test_keras_on_trainjob_is_refused(runs, tmp_path):
     with pytest.raises(ConfigError, match="no TensorFlow runtime"):
         train.run(runs["dataset"], tmp_path / "k", workers=2, engine="trainjob", epochs=1)
     assert not (tmp_path / "k").exists()
+
+
+def test_a_failing_keras_worker_fails_the_stage_with_its_log_tail(runs, tmp_path):
+    import shutil
+
+    from kfopt.models import train
+
+    bad = tmp_path / "dataset"
+    shutil.copytree(runs["dataset"], bad)
+    (bad / "val.npz").write_bytes(b"not the validation split")
+    with pytest.raises(ModelError, match=r"Keras training with 2 workers.*failed.*worker [01]: .*kfopt: error:.*val\.npz"):
+        train.run(bad, tmp_path / "out", workers=2, **TRAIN)
+    assert not (tmp_path / "out").exists()
