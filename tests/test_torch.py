@@ -557,6 +557,7 @@ def test_breast_cancer_mlp_torch_through_kfp_local(tmp_path):
     rows = {(r["name"], r["hardware"]): r for r in report["rows"]}
     base = rows[("baseline", "cpu")]
     assert (base["status"], base["format"]) == ("ok", "torch") and base["accuracy"] > 0.8  # binary: chance 0.5
-    for name in ("onnx_fp32", "onnx_int8", "pruned_50", "pruned_50_onnx_fp32", "student"):
+    for name in ("onnx_fp32", "onnx_int8", "pruned_50", "pruned_50_onnx_fp32", "student", "sparse_50",
+                 "sparse_50_onnx_fp32", "pt2e_qat_int8"):  # binary: global pruning and PT2E QAT too
         assert rows[(name, "cpu")]["status"] == "ok", (name, rows[(name, "cpu")].get("reason"))
     assert report["choices"]["cpu"]["chosen"] in {n for (n, hw), r in rows.items() if r["status"] == "ok"}

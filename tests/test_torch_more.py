@@ -67,7 +67,7 @@ def test_global_magnitude_pruning_zeroes_weights_and_keeps_plain_ones(pruned, ow
     assert meta.extra["size_gzip_bytes"] < 0.6 * meta.extra["unpruned_size_gzip_bytes"]
     assert meta.extra["size_bytes"] == pytest.approx(bench.sizes(own, variant.read(own))["size_bytes"], rel=0.01)
     latency = meta.extra["latency_vs_unpruned"]  # measured, and recorded either way
-    assert latency["speeds_up"] == (latency["64"]["speedup"] > 1)
+    assert latency["speeds_up"] == (latency["64"]["speedup"] > 1.1)  # zeros still multiply: not faster past noise
     assert "in_stage_check" in meta.extra
 
 
