@@ -287,6 +287,9 @@ def validate(cfg: RunConfig) -> None:
     check(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}.")
     check(t.engine in ("local", "trainjob"), f"train.engine must be local or trainjob, got {t.engine!r}.")
     check(t.timeout_s > 0, f"train.timeout_s must be positive, got {t.timeout_s}.")
+    check(not (t.workers > 1 and t.engine == "trainjob" and cfg.model.framework != "torch"),
+          "train.engine: trainjob runs torch models only (Kubeflow Trainer v2 has no TensorFlow runtime); set "
+          "train.engine: local for a Keras model, or model.framework: torch.")
     check(t.batch_size % t.workers == 0, f"train.batch_size ({t.batch_size}) is the global batch and must be a "
           f"multiple of train.workers ({t.workers}); change one of them.")
     check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),

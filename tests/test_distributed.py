@@ -121,6 +121,12 @@ def test_keras_on_trainjob_is_refused(runs, tmp_path):
     with pytest.raises(ConfigError, match="no TensorFlow runtime"):
         train.run(runs["dataset"], tmp_path / "k", workers=2, engine="trainjob", epochs=1)
     assert not (tmp_path / "k").exists()
+    cfg = config.RunConfig()
+    cfg.train.workers, cfg.train.engine = 2, "trainjob"
+    with pytest.raises(ConfigError, match="no TensorFlow runtime"):
+        config.validate(cfg)
+    cfg.model.framework = "torch"
+    config.validate(cfg)
 
 
 def test_a_failing_keras_worker_fails_the_stage_with_its_log_tail(runs, tmp_path):
