@@ -186,11 +186,9 @@ def _worker(a: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from kfopt import storage, verify
+    from kfopt import storage
     from kfopt.data import dataset as ds_mod
-    from kfopt.frameworks import torch as adapter
     from kfopt.models import torch_architectures
-    from kfopt.models.train import write_baseline
 
     env = rendezvous(os.environ)
     os.environ.setdefault("MASTER_ADDR", env["master_addr"])
@@ -210,14 +208,19 @@ def _worker(a: argparse.Namespace) -> None:
                         batch_size=a.batch_size, learning_rate=a.learning_rate, patience=a.patience,
                         mixed_precision=a.mixed_precision, seed=a.seed)
         if env["rank"] == 0:
-            _write(a, ds, model, curves, env["world_size"], adapter, verify, write_baseline, storage)
+            _write(a, ds, model, curves, env["world_size"])
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _write(a, ds, model, curves, world_size, adapter, verify, write_baseline, storage) -> None:
+def _write(a: argparse.Namespace, ds, model, curves: dict[str, list[float]], world_size: int) -> None:
+    """Rank 0's part: the baseline (folder or gs:// URI, written whole or not at all) and the metrics JSON."""
     import torch
+
+    from kfopt import storage, verify
+    from kfopt.frameworks import torch as adapter
+    from kfopt.models.train import write_baseline
 
     x, y = ds.split("test")
     test = verify.quality(adapter.predict(model, x), y, ds.schema.task)
