@@ -16,8 +16,10 @@ sparsity:
 
 Pruning needs the model's own code: the baseline's framework (kfopt.json) must have the "prune"
 capability, and tfmot prunes Keras models (a model of another framework gets skipped variants with
-the reason). Each pruned model's in-stage check against the baseline is recorded in its kfopt.json,
-so the int8 pass that follows it has only the rest of the accuracy budget.
+the reason; kfopt's own torch models get structured channel pruning, kfopt.optimize.torch_prune, and
+global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each followed by CHAIN). Each
+pruned model's in-stage check against the baseline is recorded in its kfopt.json, so the int8 pass
+that follows it has only the rest of the accuracy budget.
 """
 
 from __future__ import annotations
