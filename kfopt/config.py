@@ -379,7 +379,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("batch_size", "train.batch_size", "Training batch size."),
     ("learning_rate", "train.learning_rate", "Adam learning rate."),
     ("patience", "train.patience", "Early-stopping patience in epochs."),
-    ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (fast on CPU) or mixed_float16 (GPU)."),
+    ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (bf16 autocast; faster for Keras on this CPU, slower for torch: measure with bench/train_bench.py) or mixed_float16 (GPU)."),
     ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
     ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel through torch.distributed.run; batch_size is the global batch). 1 trains in the stage's own process."),
     ("train_engine", "train.engine", "Where train_workers > 1 trains: local (torch.distributed.run inside the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the torch-distributed runtime, on the deployment's gpu pool)."),

@@ -222,7 +222,7 @@ def fine_tune(model, ds: ds_mod.Dataset, *, epochs: int, learning_rate: float, b
 
     With `patience`, validation loss is watched: training stops after `patience` epochs without a new
     best and the best weights are restored (training a baseline). `mixed_precision`: mixed_bfloat16
-    (bf16 autocast; fast on this CPU) or mixed_float16 (fp16 autocast, for a GPU). `callbacks` are
+    (bf16 autocast; measured slower than fp32 for these models on this CPU, see bench/train_bench.py) or mixed_float16 (fp16 autocast, for a GPU). `callbacks` are
     Keras-only (tfmot) and refused here.
     """
     import torch
