@@ -126,18 +126,12 @@ class _Planner:
 
 
 def _custom_api(api_client=None):
-    from kubernetes import client, config
+    from kubernetes import client
 
-    if api_client is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError):
-                raise ConfigError("No Kubernetes API to deploy to: not inside a pod and no kubeconfig; run the stage "
-                                  "on the cluster, or set deploy.apply=false to only write the manifests.") from None
-        api_client = client.ApiClient()
+    from kfopt.kube import api_client as default_client
+
+    api_client = api_client or default_client(
+        "deploy to", "run the stage on the cluster, or set deploy.apply=false to only write the manifests")
     return client.CustomObjectsApi(api_client)
 
 

@@ -193,17 +193,9 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, api_client=No
 
 
 def _default_client():
-    from kubernetes import client, config
+    from kfopt.kube import api_client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError):
-            raise ConfigError("No Kubernetes API to create the TrainJob on: not inside a pod and no kubeconfig; "
-                              "run the pipeline on the cluster, or set train.engine: local.") from None
-    return client.ApiClient()
+    return api_client("create the TrainJob on", "run the pipeline on the cluster, or set train.engine: local")
 
 
 
