@@ -120,16 +120,9 @@ def _worker(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kfopt.models.keras_mwms", description=__doc__.splitlines()[0])
-    for flag in ("--dataset", "--out", "--metrics", "--architecture"):
-        p.add_argument(flag, required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True, help="global batch (split over the workers)")
-    p.add_argument("--learning-rate", type=float, required=True)
-    p.add_argument("--patience", type=int, default=0)
-    p.add_argument("--mixed-precision", default="none")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--width", type=float, default=1.0)
+    from kfopt.models.workers import parser
+
+    p = parser("python -m kfopt.models.keras_mwms", __doc__.splitlines()[0])
     a = p.parse_args(argv)
     try:
         _worker(a)

@@ -242,18 +242,9 @@ def _write(a: argparse.Namespace, ds, model, curves: dict[str, list[float]], wor
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kfopt.models.torch_ddp", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="Dataset artifact: a folder or gs:// URI")
-    p.add_argument("--out", required=True, help="where rank 0 writes the baseline variant (folder or gs:// URI)")
-    p.add_argument("--metrics", required=True, help="where rank 0 writes the metrics JSON (file or gs:// URI)")
-    p.add_argument("--architecture", required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True, help="global batch (split over the workers)")
-    p.add_argument("--learning-rate", type=float, required=True)
-    p.add_argument("--patience", type=int, default=0)
-    p.add_argument("--mixed-precision", default="none")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--width", type=float, default=1.0)
+    from kfopt.models.workers import parser
+
+    p = parser("python -m kfopt.models.torch_ddp", __doc__.splitlines()[0])
     a = p.parse_args(argv)
     try:
         check_workers(rendezvous(os.environ)["world_size"], a.batch_size)
