@@ -148,6 +148,7 @@ ALLOWED = {
     "kfopt/tfenv.py": "the one way TensorFlow is imported (TF_USE_LEGACY_KERAS before the first import)",
     "kfopt/models/architectures.py": "kfopt's own architectures are tf-keras models",
     "kfopt/models/train.py": "builds and trains kfopt's own Keras architectures (seed, mixed-precision policy)",
+    "kfopt/models/keras_mwms.py": "the same training in MultiWorkerMirroredStrategy workers (TF_CONFIG)",
     "kfopt/optimize/prune.py": "tfmot magnitude pruning, Keras-only, after the 'prune' capability check",
     "kfopt/optimize/distill.py": "the student is derived from a Keras layer graph and trained with tf.GradientTape",
     "kfopt/optimize/channels.py": "reads the Keras layer graph the student is derived from (distill)",
