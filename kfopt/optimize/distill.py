@@ -39,7 +39,7 @@ from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.optimize import channels, checks
 from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
-from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
+from kfopt.passes.check import SWITCHED_OFF, write_skipped
 
 #: the passes that follow the student (kfopt.passes.follow)
 CHAIN = (("tflite_int8",), ("onnx_export", "ort_int8"))
@@ -211,8 +211,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             write_skipped(tmp, variants(parent), reason, "distill", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         start = time.perf_counter()
         student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
                                          epochs=epochs)

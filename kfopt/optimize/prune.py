@@ -37,7 +37,7 @@ from kfopt.errors import ModelError
 from kfopt.export import child_meta
 from kfopt.optimize import checks
 from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
-from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
+from kfopt.passes.check import SWITCHED_OFF, write_skipped
 
 #: the passes that follow each pruned fp32 model (kfopt.passes.follow)
 CHAIN = (("tflite_int8",), ("onnx_export", "ort_int8"))
@@ -189,8 +189,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             write_skipped(tmp, _names(parent, sparsities), reason, "prune", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         adapter = frameworks.of(parent)
         for sparsity in sparsities:
             name = checks.pruned_name(sparsity)

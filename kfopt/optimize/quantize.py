@@ -32,7 +32,7 @@ from kfopt.export import child_meta
 from kfopt.optimize import checks
 from kfopt.passes import onnx_export, ort_int8, ort_int8_trt, tflite_int8
 from kfopt.passes import qat as qat_pass
-from kfopt.passes.check import SWITCHED_OFF, InStageCheck, calibration_set, write_skipped
+from kfopt.passes.check import SWITCHED_OFF, write_skipped
 
 VARIANTS = [("tflite_dynamic", "tflite", "edge"), ("tflite_fp16", "tflite", "edge"),
             ("tflite_int8", "tflite", "edge"), ("onnx_int8", "onnx", "cpu"), ("onnx_int8_trt", "onnx", "gpu"),
@@ -86,8 +86,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             write_skipped(tmp, VARIANTS, SWITCHED_OFF, "quantize", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         metrics["calibration_samples"] = len(ctx.samples)
 
         def timed(name: str, make: Callable[[Path], variant.VariantMeta]) -> None:

@@ -22,7 +22,6 @@ from kfopt import passes, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
 from kfopt.passes import FINE_TUNE_BATCH
-from kfopt.passes.check import InStageCheck, calibration_set
 
 LEARNING_RATE = 1e-3
 
@@ -90,8 +89,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, student_width: 
     parent = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         start = time.perf_counter()
         teacher = adapter.load(baseline_dir)
         student = torch_architectures.build(parent.params["architecture"], ds.schema.feature_shape,

@@ -31,7 +31,6 @@ from kfopt import passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
 from kfopt.optimize import checks, torch_distill
-from kfopt.passes.check import InStageCheck, calibration_set
 
 LEARNING_RATE = torch_distill.LEARNING_RATE
 TEMPERATURE = 2.0
@@ -92,8 +91,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
         for sparsity in sparsities:

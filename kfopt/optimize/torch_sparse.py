@@ -28,7 +28,6 @@ from kfopt import bench, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
 from kfopt.optimize import torch_distill, torch_prune
-from kfopt.passes.check import InStageCheck, calibration_set
 
 TEMPERATURE = torch_prune.TEMPERATURE
 HARD_WEIGHT = torch_prune.HARD_WEIGHT
@@ -104,8 +103,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context(ds, calibration_set(ds, calibration_samples),
-                             InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(work))
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
         for sparsity in sparsities:

@@ -59,6 +59,15 @@ class Context:
     check: InStageCheck
     workdir: Path
 
+    @classmethod
+    def for_stage(cls, ds: ds_mod.Dataset, baseline_dir: Path, calibration_samples: int, accuracy_budget: float,
+                  min_agreement: float, workdir: str | Path) -> "Context":
+        """The context every optimizer stage builds: calibration samples and the check against the baseline."""
+        from kfopt.passes.check import calibration_set
+
+        return cls(ds, calibration_set(ds, calibration_samples),
+                   InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(workdir))
+
 
 def get(name: str) -> ModuleType:
     return importlib.import_module(PASSES[name])
