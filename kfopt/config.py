@@ -101,6 +101,11 @@ class DistillConfig:
 
 
 @dataclasses.dataclass
+class SearchConfig:
+    time_budget_s: float = 60.0  # per stage: no new point of a technique's search starts after this (kfopt.search)
+
+
+@dataclasses.dataclass
 class TensorRTConfig:
     enabled: bool = True
     min_batch: int = 1  # the engine's dynamic-batch optimization profile: min <= opt <= max
@@ -179,6 +184,7 @@ class RunConfig:
     quantize: QuantizeConfig = dataclasses.field(default_factory=QuantizeConfig)
     prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     tensorrt: TensorRTConfig = dataclasses.field(default_factory=TensorRTConfig)
     xla: XlaConfig = dataclasses.field(default_factory=XlaConfig)
     openvino: OpenVINOConfig = dataclasses.field(default_factory=OpenVINOConfig)
@@ -352,6 +358,9 @@ def _validate_optimize(cfg: RunConfig) -> None:
 
     ort_int8.Config(search=tuple(q.ort_search))  # each entry parses, or one message naming it and the form
     checks.prune(p.sparsities, p.epochs)
+    from kfopt import search
+
+    search.check_budget(cfg.search.time_budget_s)
     checks.distill(d.student_width, d.temperature, d.alpha, d.epochs)
 
 
@@ -402,6 +411,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("distill_temperature", "distill.temperature", "Distillation temperature (softens both distributions)."),
     ("distill_alpha", "distill.alpha", "Weight of the hard-label loss in [0, 1]; the rest matches the teacher."),
     ("distill_epochs", "distill.epochs", "Student training epochs (best validation accuracy kept)."),
+    ("search_time_budget_s", "search.time_budget_s", "Seconds each stage may spend searching its technique's knob (ORT int8 settings, sparsity, student width); no new point starts after it."),
     ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
     ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),
     ("tensorrt_opt_batch", "tensorrt.opt_batch", "Batch the TensorRT engines are tuned for (min <= opt <= max)."),
