@@ -98,7 +98,7 @@ STAGES: tuple[Stage, ...] = (
           "TFLite dynamic/float16/int8, ORT static int8 QDQ (+ TensorRT form), QAT int8.",
           knobs={"enabled": "quantize.enabled", "calibration_samples": "quantize.calibration_samples",
                  "qat": "quantize.qat", "qat_epochs": "quantize.qat_epochs", "opset": "export.opset",
-                 **_GATE, **_ORT},
+                 "search_time_budget_s": "search.time_budget_s", **_GATE, **_ORT},
           inputs={**_BASELINE, **_DATA}, variants="quantized", fails_alone=True),
     Stage("prune", "kfopt.optimize.prune:run",
           "magnitude pruning to each target sparsity (fp32), its int8 TFLite, its ONNX + ORT int8.",

@@ -33,6 +33,7 @@ def test_params_cover_every_documented_setting():
     ({"train": "fast"}, "train must be a mapping"),
     ({"select": {"targets": ["phone"]}}, "unknown deployment target 'phone'"),
     ({"select": {"objectives": {"cpu": "speed"}}}, "Unknown objective 'speed'"),
+    ({"search": {"time_budget_s": 0}}, "search.time_budget_s must be > 0 seconds"),
 ])
 def test_bad_config_is_one_clear_error(raw, fragment):
     with pytest.raises(ConfigError) as err:

@@ -137,3 +137,21 @@ def test_a_bad_search_entry_in_the_run_config_names_the_key_and_the_form():
     config.validate(config.from_dict({"quantize": {"ort_search": []}}))  # no search: QDQ S8S8 only
     with pytest.raises(ConfigError, match=r"quantize.ort_search entry 'QOperator U8U8' .*e\.g\."):
         config.validate(config.from_dict({"quantize": {"ort_search": ["QOperator U8U8"]}}))
+
+
+def test_a_spent_time_budget_stops_the_search_after_its_first_point(digits_small, tmp_path):
+    """With a stage budget already spent, the first setting is still made (a search always keeps something),
+    no other starts, and the record names the settings never tried."""
+    export.run(digits_small["baseline"], tmp_path / "exports", tflite=False)
+    ds = ds_mod.read(digits_small["dataset"])
+    ctx = passes.Context(ds, check_mod.calibration_set(ds, 50),
+                         check_mod.InStageCheck.against_baseline(digits_small["baseline"], ds, 3.0, 0.9),
+                         tmp_path / "work", search_budget_s=1e-6)
+    ctx.workdir.mkdir()
+    cfg = ort_int8.Config(fallback_max_attempts=0, search=SPACE, threads=1, batch_sizes=(1,))
+    meta = passes.apply(ort_int8, tmp_path / "exports" / "onnx_fp32", tmp_path / "out", ctx, cfg)
+    record = variant.read(tmp_path / "out" / meta.name).extra["search"]
+    assert [p["setting"] for p in record["points"]] == [ort_int8.Setting.parse(SPACE[0]).label()]
+    assert record["not_tried"] == [ort_int8.Setting.parse(s).label() for s in SPACE[1:]]
+    assert record["stopped"] == "time budget spent" and record["time_budget_s"] == 1e-6
+    assert record["points"][0]["seconds"] > 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,15 +59,25 @@ class Context:
     samples: np.ndarray
     check: InStageCheck
     workdir: Path
+    search_budget_s: float = 60.0  # search.time_budget_s: what all of this stage's searches may spend together
+    started: float = dataclasses.field(default_factory=time.monotonic)  # the stage's search clock
 
     @classmethod
     def for_stage(cls, ds: ds_mod.Dataset, baseline_dir: Path, calibration_samples: int, accuracy_budget: float,
-                  min_agreement: float, workdir: str | Path) -> "Context":
+                  min_agreement: float, workdir: str | Path, search_budget_s: float = 60.0) -> "Context":
         """The context every optimizer stage builds: calibration samples and the check against the baseline."""
         from kfopt.passes.check import calibration_set
 
         return cls(ds, calibration_set(ds, calibration_samples),
-                   InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(workdir))
+                   InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(workdir),
+                   search_budget_s)
+
+    def search(self, knob: str, objective: str, rule: str):
+        """A search (kfopt.search) on this stage's clock: once the stage's budget is spent, no search of the
+        stage starts a new point (each still runs its first, so every search keeps something)."""
+        from kfopt.search import Search
+
+        return Search(knob, objective, rule, self.search_budget_s, started=self.started)
 
 
 def get(name: str) -> ModuleType:

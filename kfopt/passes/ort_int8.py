@@ -25,6 +25,7 @@ import io
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,11 +280,17 @@ def search(parent_dir: Path, out_dir: Path, ctx: Context, cfg: Config, name: str
     check = ctx.check.after(parent_dir)
     x = ctx.check.x
     staging = Path(tempfile.mkdtemp(dir=ctx.workdir))
-    points: list[dict[str, Any]] = []
+    found = ctx.search("ort_setting", "p50_ms", "fastest passing, geometric mean of the p50s")
+    points = found.points
     results: list[dict[str, Any] | None] = []
-    for i, setting in enumerate(cfg.settings()):
+    settings = cfg.settings()
+    for i, setting in enumerate(settings):
+        if found.spent():
+            found.skip([s.label() for s in settings[i:]])
+            break
         vdir = staging / str(i)
-        point: dict[str, Any] = {"setting": setting.label(), **setting.params()}
+        started = time.monotonic()
+        point = found.add(setting.label(), **setting.params())
         try:
             meta = child_meta(parent, name, technique=technique(parent, TECHNIQUE), precision=PRECISION,
                               target=TARGET, params={**setting.params(), "calibration_samples": len(ctx.samples),
@@ -298,13 +305,12 @@ def search(parent_dir: Path, out_dir: Path, ctx: Context, cfg: Config, name: str
         except Exception as exc:  # noqa: BLE001 - a setting ORT cannot make on this model is a point, not a crash
             point.update({"passed": False, "reason": f"could not be made: {exc}"})
             results.append(None)
-        points.append(point)
+        point["seconds"] = round(time.monotonic() - started, 2)
     passing = [i for i, p in enumerate(points) if p["passed"]]
     chosen = min(passing, key=lambda i: _score(points[i]["p50_ms"])) if passing else None
-    record = {"checked_on": check.describe(), "budget_left_pp": round(check.budget_left_pp, 4),
-              "threads": cfg.threads, "points": points,
-              "chosen": None if chosen is None else points[chosen]["setting"],
-              "parent_p50_ms": timing(parent_dir, cfg, x), "rule": "fastest passing, geometric mean of the p50s"}
+    record = found.record(None if chosen is None else points[chosen], checked_on=check.describe(),
+                          budget_left_pp=round(check.budget_left_pp, 4), threads=cfg.threads,
+                          parent_p50_ms=timing(parent_dir, cfg, x))
     try:
         if chosen is None:
             record["fallback"] = f"no setting passed: the accuracy-aware fallback ran on {QDQ_S8S8.label()}"
