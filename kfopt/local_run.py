@@ -177,7 +177,7 @@ def _run_pipeline(pipeline, cfg: cfg_mod.RunConfig, run_dir: Path, cache_root: P
     report_dir = Path(task.output.path)
     for name in REPORT_FILES:
         shutil.copy(report_dir / name, run_dir / name)
-    _add_publish(run_dir)
+    _add_after_run(run_dir)
     (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     latest = run_dir.parent / "latest"
     if latest.is_symlink() or latest.exists():
@@ -205,16 +205,17 @@ def with_registry(cfg: cfg_mod.RunConfig, runs_dir: Path) -> cfg_mod.RunConfig:
     return dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, registry=registry))
 
 
-def _add_publish(run_dir: Path) -> None:
-    """Put the publish task's publish.json beside the report and its gate decisions into report.*."""
-    from kfopt import publish, report
+def _add_after_run(run_dir: Path) -> None:
+    """What only the whole run knows, into report.*: the publish task's gate decisions (its publish.json
+    copied beside the report) and the time each stage took (from kfp.local's log)."""
+    from kfopt import publish, report, stage_times
 
-    found = sorted(run_dir.glob("pipeline/*/publish*/*/publish.json"))
-    if not found:
-        return
-    shutil.copy(found[-1], run_dir / "publish.json")
     data = load_report(run_dir / "report.json")
-    data["publish"] = publish.load(found[-1])
+    data["stage_times"] = stage_times.from_log((run_dir / "pipeline.log").read_text(errors="replace"))
+    found = sorted(run_dir.glob("pipeline/*/publish*/*/publish.json"))
+    if found:
+        shutil.copy(found[-1], run_dir / "publish.json")
+        data["publish"] = publish.load(found[-1])
     report.render_in_place(data, run_dir)
 
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kfopt import select, variant
+from kfopt import report_search, select, stage_times, variant
 from kfopt.errors import KfoptError
 
 REPORT_JSON = "report.json"
@@ -116,10 +116,11 @@ def text_table(report: dict[str, Any]) -> str:
     failed = [f"  {line}" for line in failures(report)]
     choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
     warning = baseline_warning(report)
+    times = [stage_times.slowest(report["stage_times"])] if report.get("stage_times") else []
     return "\n".join((warning + [""] if warning else []) + lines +
                      (["", "Failed (the run went on without them):"] + failed if failed else []) +
                      (["", "Not measured / rejected:"] + notes if notes else []) +
-                     ["", "Choice per target:"] + choice)
+                     ["", "Choice per target:"] + choice + ([""] + times if times else []))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -144,6 +145,11 @@ def markdown(report: dict[str, Any]) -> str:
               "## Not measured or rejected", ""]
     lines += [f"- {line}" for line in not_measured(report)]
     lines += ["", "## Technique details", ""] + [f"- {line}" for line in technique_details(report)]
+    lines += report_search.markdown(report)
+    if report.get("stage_times"):
+        lines += ["", "## Time per stage", "", stage_times.slowest(report["stage_times"]), "",
+                  "| stage | seconds | share |", "|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in stage_times.table(report["stage_times"])]
     lines += ["", "## Environment", ""]
     for hw, env in report["environments"].items():
         lines.append(f"- {hw}: {env['cpu']}, {env['cores']} cores, flags {', '.join(env['cpu_flags']) or 'none'}, "
@@ -203,6 +209,10 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.legend(fontsize=6, ncol=2)
     out["throughput"] = _png(fig)
     plt.close(fig)
+    fig = report_search.plot(report, plt)
+    if fig is not None:
+        out["searches"] = _png(fig)
+        plt.close(fig)
     cm = report.get("confusion")
     if cm:
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -267,6 +277,12 @@ def html_page(report: dict[str, Any], md: str) -> str:
     failed = "".join(f"<li>{esc(line)}</li>" for line in failures(report))
     failed = f"<h2>Failed (the run went on without them)</h2><ul>{failed}</ul>" if failed else ""
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
+    times = ""
+    if report.get("stage_times"):
+        times = (f"<h2>Time per stage</h2><p>{esc(stage_times.slowest(report['stage_times']))}</p><table>"
+                 "<tr><th>stage</th><th>seconds</th><th>share</th></tr>" + "".join(
+                     "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                     for row in stage_times.table(report["stage_times"])) + "</table>")
     warning = baseline_warning(report)
     alarm = (f'<div class="warning" style="border:2px solid #b00;background:#fee;padding:.4em 1em"><p><b>'
              f'{esc(warning[0])}</b></p><ul>{"".join(f"<li>{esc(c.strip()[2:])}</li>" for c in warning[1:])}'
@@ -288,7 +304,7 @@ accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>{failed}
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
-<h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>
+<h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>{report_search.html(report)}{times}
 <h2>Environment</h2><ul>{env}</ul></body></html>"""
 
 

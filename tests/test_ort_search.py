@@ -155,3 +155,30 @@ def test_a_spent_time_budget_stops_the_search_after_its_first_point(digits_small
     assert record["not_tried"] == [ort_int8.Setting.parse(s).label() for s in SPACE[1:]]
     assert record["stopped"] == "time budget spent" and record["time_budget_s"] == 1e-6
     assert record["points"][0]["seconds"] > 0
+
+
+def test_the_report_shows_every_point_tried_with_the_kept_one(digits):
+    """The report's searches table and plot come from the kept variant's real kfopt.json record."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kfopt import report_search
+
+    meta = variant.read(digits["dir"])
+    report = {"rows": [{"name": meta.name, "extra": meta.extra}, {"name": meta.name, "extra": meta.extra}],
+              "budget": {"accuracy_budget_pp": 3.0}}
+    record = meta.extra["search"]
+    [found] = report_search.searches(report)  # one per variant, however many hardware rows it has
+    lines = report_search.markdown(report)
+    table = [line for line in lines if line.startswith("| ") and "setting" not in line]
+    assert len(table) == len(record["points"]) + len(record["not_tried"])
+    kept = [line for line in table if "◀ kept" in line]
+    assert len(kept) == 1 and kept[0].startswith(f"| {record['chosen']} | yes |")
+    hostile = next(line for line in table if line.startswith(f"| {ort_int8.Setting.parse(HOSTILE).label()} |"))
+    assert "| no |" in hostile
+    assert report_search.summary(found).endswith(f"kept {record['chosen']}")
+    fig = report_search.plot(report, plt)
+    assert fig is not None and len(fig.axes) == 1 and len(fig.axes[0].collections) == len(record["points"])
+    plt.close(fig)

@@ -456,11 +456,21 @@ def test_local_run_puts_the_gate_outcome_beside_and_into_the_report(run_outputs,
     task_out = run_dir / "pipeline" / "kfopt-2026-01-01-00-00-00-000000" / "publish" / "blessings"
     result = publish(run_outputs, tmp_path / "r", task_out)  # where kfp.local puts the publish task's output
     run_dir.joinpath("report.json").write_text(json.dumps(run_outputs["report"]))
-    local_run._add_publish(run_dir)
+    run_dir.joinpath("pipeline.log").write_text(  # kfp.local's own lines, colours and all
+        "23:59:58.500 - INFO - Executing task \x1b[96m'train'\x1b[0m\n"
+        "00:00:10.000 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+        "Task 'preprocess' cache hit: its outputs from an earlier run are reused\n")
+    local_run._add_after_run(run_dir)
     assert json.loads((run_dir / "publish.json").read_text()) == result
-    assert json.loads((run_dir / "report.json").read_text())["publish"] == result
-    assert "## Publishing" in (run_dir / "report.md").read_text()
+    written = json.loads((run_dir / "report.json").read_text())
+    assert written["publish"] == result
+    assert written["stage_times"] == [{"stage": "train", "seconds": 11.5, "status": "success"},
+                                      {"stage": "preprocess", "seconds": None, "status": "cached"}]
+    md = (run_dir / "report.md").read_text()
+    assert "## Publishing" in md and "## Time per stage" in md and "| train | 11.5 | 100% |" in md
     assert "<h2>Publishing</h2>" in (run_dir / "report.html").read_text()
+    assert "Time per stage (slowest first, 12 s in 1 stage, 1 from the cache): train 11.5 s" in \
+        report.text_table(written)
 
 
 def test_a_cluster_run_without_a_registry_uses_its_pipeline_roots_bucket():
