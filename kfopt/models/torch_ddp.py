@@ -7,12 +7,15 @@ This module is both sides of `train.workers > 1` for `model.framework: torch`:
   turns a failed worker into one KfoptError quoting that worker's log tail;
 - `main()` is the worker entry point, also what a Kubeflow Trainer `TrainJob` on the `torch-distributed`
   runtime runs on each node (kfopt.trainjob). It reads the dataset artifact (a folder or gs:// URI),
-  shards the training split with DistributedSampler, trains with the same Adam, early stopping and
-  best-weight restore as the one-process adapter (kfopt.frameworks.torch.fine_tune), and rank 0 writes
-  the baseline through `write_baseline` (to a folder or a gs:// URI) plus a metrics JSON.
+  trains with the same Adam, early stopping and best-weight restore as the one-process adapter
+  (kfopt.frameworks.torch.fine_tune), and rank 0 writes the baseline through `write_baseline` (to a
+  folder or a gs:// URI) plus a metrics JSON.
 
-`batch_size` is the global batch: each of the N workers takes batch_size / N samples a step and DDP
-averages the gradients, so one step sees the same samples-per-update as one process would.
+`batch_size` is the global batch. Every rank draws the same per-epoch permutation as one process
+(`global_batches`) and takes its contiguous part of each global batch (`shard`); DDP averages the
+gradients, so N workers make the same updates as one process up to float summation order. (Not
+DistributedSampler: its per-epoch reseeding and interleaved split give other batches than one
+process draws.)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kfopt.errors import ConfigError, KfoptError, ModelError
+from kfopt.models.workers import check_workers, parser, worker_args
 
 LOG_TAIL_LINES = 20
 
@@ -47,25 +51,6 @@ def rendezvous(env: Mapping[str, str]) -> dict[str, Any]:
                 "master_addr": env.get("PET_MASTER_ADDR", "127.0.0.1"),
                 "master_port": int(env.get("PET_MASTER_PORT", 29500))}
     return {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
-
-
-def check_workers(workers: int, batch_size: int) -> None:
-    if workers < 1:
-        raise ConfigError(f"train.workers must be at least 1, got {workers}.")
-    if batch_size % workers:
-        raise ConfigError(f"train.batch_size ({batch_size}) is the global batch and must be a multiple of "
-                          f"train.workers ({workers}), so that every worker takes the same number of samples "
-                          "a step; change one of them.")
-
-
-def worker_args(dataset: str, out: str, metrics: str, *, architecture: str, epochs: int, batch_size: int,
-                learning_rate: float, patience: int, seed: int, mixed_precision: str = "none",
-                width: float = 1.0) -> list[str]:
-    """The worker's command-line arguments (also the TrainJob's, kfopt.trainjob)."""
-    return ["--dataset", dataset, "--out", out, "--metrics", metrics, "--architecture", architecture,
-            "--epochs", str(epochs), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
-            "--patience", str(patience), "--mixed-precision", mixed_precision, "--seed", str(seed),
-            "--width", str(width)]
 
 
 def launch(dataset_dir: Path, out_dir: Path, *, workers: int, timeout_s: float | None = None,
@@ -103,9 +88,33 @@ def failure_message(log_dir: Path, launcher_output: str, workers: int) -> str:
             + " ;; ".join(failed))
 
 
+def global_batches(n: int, batch_size: int, seed: int, epochs: int):
+    """Each epoch's global batches, exactly as one process draws them (kfopt.frameworks.torch.fine_tune).
+
+    One generator seeded once, one permutation per epoch, consecutive slices of `batch_size`: every
+    rank computes the same sequence, so N workers see the same global batches as one process.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        yield [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def shard(batch, rank: int, world_size: int):
+    """This rank's contiguous part of a global batch (parts differ by at most one sample)."""
+    return batch.tensor_split(world_size)[rank]
+
+
 def _train(ds, model, *, rank: int, world_size: int, device, epochs: int, batch_size: int, learning_rate: float,
            patience: int, mixed_precision: str, seed: int) -> dict[str, list[float]]:
-    """fine_tune's loop under DDP: sharded batches, averaged gradients, the same stopping on every rank."""
+    """fine_tune's loop under DDP: the same global batches, each rank its part, gradients of the batch mean.
+
+    Each rank's loss is its samples' summed loss times world_size over the global batch's size; DDP
+    averages the ranks' gradients, so the update is the gradient of the global batch's mean loss, as in
+    one process, even for a last batch that does not split evenly. Only float summation order differs.
+    """
     import copy
 
     import numpy as np
@@ -113,7 +122,6 @@ def _train(ds, model, *, rank: int, world_size: int, device, epochs: int, batch_
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DistributedSampler
 
     from kfopt.frameworks import torch as adapter
 
@@ -135,28 +143,25 @@ def _train(ds, model, *, rank: int, world_size: int, device, epochs: int, batch_
     y_t = torch.from_numpy(yt.astype(np.int64))
     ddp = DistributedDataParallel(Logits(model).to(device), device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=learning_rate)
-    sampler = DistributedSampler(range(len(x_t)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    per_rank = batch_size // world_size
     dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(mixed_precision)
     loss_of = adapter._loss_fn(model, task)
 
-    def loss_fn(x, y):
+    def summed_loss(x, y):
         logits = ddp(x.to(device))
         if task == "binary":
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(device).float())
-        return F.cross_entropy(logits, y.to(device))
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(device).float(), reduction="sum")
+        return F.cross_entropy(logits, y.to(device), reduction="sum")
 
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     best, best_state, waited = float("inf"), None, 0
-    for epoch in range(epochs):
+    torch.manual_seed(seed)
+    for batches in global_batches(len(x_t), batch_size, seed, epochs):
         ddp.train()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        for i in range(0, len(order), per_rank):
-            idx = order[i:i + per_rank]
+        for batch in batches:
+            idx = shard(batch, rank, world_size)
             optimizer.zero_grad()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(x_t[idx], y_t[idx])
+                loss = summed_loss(x_t[idx], y_t[idx]) * (world_size / len(batch))
             loss.backward()
             optimizer.step()
         model.cpu()
@@ -242,8 +247,6 @@ def _write(a: argparse.Namespace, ds, model, curves: dict[str, list[float]], wor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kfopt.models.workers import parser
-
     p = parser("python -m kfopt.models.torch_ddp", __doc__.splitlines()[0])
     a = p.parse_args(argv)
     try:

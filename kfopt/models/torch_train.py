@@ -26,7 +26,7 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     from kfopt import verify
     from kfopt.frameworks import torch as adapter
     from kfopt.models import torch_architectures
-    from kfopt.models.train import write_baseline
+    from kfopt.models.train import on_trainjob, write_baseline
 
     if mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}.")
@@ -34,14 +34,8 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str, epochs: int, bat
     hyper = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                  patience=patience, mixed_precision=mixed_precision, seed=seed, width=width)
     if workers != 1 and engine == "trainjob":  # N nodes of a Kubeflow Trainer TrainJob (kfopt.trainjob)
-        from kfopt import deployment as deploy_mod
-        from kfopt import trainjob
-
-        if not deployment:
-            raise ConfigError("train.engine: trainjob needs the deployment file (deploy.deployment) whose gpu pool "
-                              "the TrainJob runs on; compile with --deployment, or set train.engine: local.")
-        return trainjob.run(dataset_dir, out_dir, workers=workers, placement=deploy_mod.load(deployment),
-                            namespace=namespace, timeout_s=timeout_s, api_client=api_client, **hyper)
+        return on_trainjob(dataset_dir, out_dir, framework="torch", workers=workers, namespace=namespace,
+                           timeout_s=timeout_s, deployment=deployment, api_client=api_client, **hyper)
     if workers != 1:  # N processes through torch.distributed.run, DistributedDataParallel (torch_ddp)
         from kfopt.models import torch_ddp
 

@@ -68,6 +68,19 @@ def curves_html(history: dict[str, list[float]]) -> str:
     return f'<h2>Training curves</h2><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def on_trainjob(dataset_dir: Path, out_dir: Path, *, framework: str, workers: int, namespace: str, timeout_s: float,
+                deployment: str, api_client=None, **hyper: Any) -> dict[str, Any]:
+    """`train.engine: trainjob`: N nodes of a Kubeflow Trainer TrainJob on the deployment's gpu pool (kfopt.trainjob)."""
+    from kfopt import deployment as deploy_mod
+    from kfopt import trainjob
+
+    if not deployment:
+        raise ConfigError("train.engine: trainjob needs the deployment file (deploy.deployment) whose gpu pool "
+                          "the TrainJob runs on; compile with --deployment, or set train.engine: local.")
+    return trainjob.run(dataset_dir, out_dir, workers=workers, placement=deploy_mod.load(deployment),
+                        namespace=namespace, timeout_s=timeout_s, framework=framework, api_client=api_client, **hyper)
+
+
 def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", model_uri: str = "",
         epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3, patience: int = 4,
         mixed_precision: str = "none", seed: int = 1, width: float = 1.0, framework: str = "keras",
@@ -90,15 +103,15 @@ def run(dataset_dir: Path, out_dir: Path, *, architecture: str = "digits_cnn", m
 
     if mixed_precision not in ("none", "mixed_bfloat16", "mixed_float16"):
         raise ConfigError(f"mixed_precision must be none, mixed_bfloat16 or mixed_float16, got {mixed_precision!r}.")
+    hyper = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                 patience=patience, mixed_precision=mixed_precision, seed=seed, width=width)
+    if workers != 1 and engine == "trainjob":  # MWMS nodes of a TrainJob on kfopt's TensorFlow runtime
+        return on_trainjob(dataset_dir, out_dir, framework="keras", workers=workers, namespace=namespace,
+                           timeout_s=timeout_s, deployment=deployment, **hyper)
     if workers != 1:  # N local TF processes, MultiWorkerMirroredStrategy with TF_CONFIG (keras_mwms)
-        if engine != "local":
-            raise ConfigError(f"train.engine: {engine} runs torch models only (Kubeflow Trainer v2 has no TensorFlow "
-                              "runtime); set train.engine: local for a Keras model, or model.framework: torch.")
         from kfopt.models import keras_mwms
 
-        return keras_mwms.launch(dataset_dir, out_dir, workers=workers, architecture=architecture, epochs=epochs,
-                                 batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                                 mixed_precision=mixed_precision, seed=seed, width=width)
+        return keras_mwms.launch(dataset_dir, out_dir, workers=workers, **hyper)
     ds = ds_mod.read(dataset_dir)
     keras().utils.set_random_seed(seed)
     keras().mixed_precision.set_global_policy("float32" if mixed_precision == "none" else mixed_precision)
