@@ -293,9 +293,8 @@ def validate(cfg: RunConfig) -> None:
     check(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}.")
     check(t.engine in ("local", "trainjob"), f"train.engine must be local or trainjob, got {t.engine!r}.")
     check(t.timeout_s > 0, f"train.timeout_s must be positive, got {t.timeout_s}.")
-    check(not (t.workers > 1 and t.engine == "trainjob" and cfg.model.framework != "torch"),
-          "train.engine: trainjob runs torch models only (Kubeflow Trainer v2 has no TensorFlow runtime); set "
-          "train.engine: local for a Keras model, or model.framework: torch.")
+    check(t.workers <= t.batch_size, f"train.workers ({t.workers}) is more than train.batch_size ({t.batch_size}), "
+          "the global batch split over the workers, so some workers would get no sample a step; use fewer workers.")
     check(t.batch_size % t.workers == 0, f"train.batch_size ({t.batch_size}) is the global batch and must be a "
           f"multiple of train.workers ({t.workers}); change one of them.")
     check(t.mixed_precision in ("none", "mixed_bfloat16", "mixed_float16"),
@@ -390,8 +389,8 @@ PARAMS: list[tuple[str, str, str]] = [
     ("patience", "train.patience", "Early-stopping patience in epochs."),
     ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (bf16 autocast; faster for Keras on this CPU, slower for torch: measure with bench/train_bench.py) or mixed_float16 (GPU)."),
     ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
-    ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel through torch.distributed.run; batch_size is the global batch). 1 trains in the stage's own process."),
-    ("train_engine", "train.engine", "Where train_workers > 1 trains: local (torch.distributed.run inside the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the torch-distributed runtime, on the deployment's gpu pool)."),
+    ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel; Keras: MultiWorkerMirroredStrategy; batch_size is the global batch). 1 trains in the stage's own process."),
+    ("train_engine", "train.engine", "Where train_workers > 1 trains: local (worker processes inside the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the deployment's gpu pool: runtime torch-distributed for torch, kfopt-tensorflow-distributed for Keras)."),
     ("train_namespace", "train.namespace", "Namespace of the TrainJob (train_engine trainjob)."),
     ("train_timeout_s", "train.timeout_s", "Seconds the train stage waits for its TrainJob to complete."),
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),
