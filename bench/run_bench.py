@@ -1,7 +1,9 @@
 """`make bench`: kfopt's best variant against the usual serving and against Microsoft Olive.
 
 For each reference model (digits_cnn and breast_cancer_mlp in Keras, digits_cnn_torch and
-breast_cancer_mlp_torch in torch) this script, in one run on this machine:
+breast_cancer_mlp_torch in torch, and models kfopt did not build: mobilenetv2 and, on request, resnet50,
+tf_keras.applications networks the bench trains itself on 32×32 digits and brings with `--model`,
+foreign.py) this script, in one run on this machine:
 1. runs the real local pipeline (`kfopt run`) twice: with an empty cache (cold) and again (warm),
    timing both; kfopt's `--no-cache` neither reads nor writes kfp.local's cache, so the cold run
    starts from an emptied cache folder instead, which it fills for the warm run;
@@ -13,7 +15,10 @@ breast_cancer_mlp_torch in torch) this script, in one run on this machine:
    int8 variants of every CPU runtime (LiteRT, ONNX Runtime, OpenVINO, torch eager and
    torch.compile/PT2E) and Olive's models, all through kfopt.bench.time_calls on one thread at batch
    1 and 64 (timing_worker.py);
-4. prints medians, spreads, ratios, accuracies and sizes (tables.py), and writes
+4. measures this core's matrix-multiply ceiling through ONNX Runtime (machine_limit.py) and reads the
+   cpu choice's rate at batch 64 against it, its operations counted from its network's ONNX graph
+   (macs.py), and reads each pipeline stage's seconds from the run's log (stage_times.py);
+5. prints medians, spreads, ratios, accuracies and sizes (tables.py), and writes
    bench-out/bench.json and bench-out/bench.md.
 
 kfopt's code is copied to bench-out/src first and everything runs from that copy: kfopt's cache keys
@@ -40,10 +45,16 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import foreign  # noqa: E402
+import machine_limit  # noqa: E402
+import macs  # noqa: E402
 import olive_env  # noqa: E402
+import stage_times  # noqa: E402
 import tables  # noqa: E402
 
-CONFIGS = ("digits_cnn", "breast_cancer_mlp", "digits_cnn_torch", "breast_cancer_mlp_torch")
+BUNDLED = ("digits_cnn", "breast_cancer_mlp", "digits_cnn_torch", "breast_cancer_mlp_torch")
+CONFIGS = BUNDLED + tuple(foreign.MODELS)
+DEFAULT_CONFIGS = BUNDLED + ("mobilenetv2",)  # resnet50 on request: its pipeline alone takes ~15 min here
 SNAPSHOT = ("kfopt", "pipelines", "components", "config")
 BATCHES = (1, 64)
 THREADS = 1  # as kfopt's reference configs benchmark (bench.threads: 1)
@@ -88,6 +99,28 @@ def snapshot(out: Path) -> Path:
 
 def child_env(src: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
+
+
+def bring_model(src: Path, config: str, cfg_out: Path, log=print) -> tuple[str, dict[str, Any]]:
+    """Train the foreign model `config` on 32×32 digits (its own process) and write its run config;
+    returns the config's path for `kfopt run --config` and what was trained."""
+    where = cfg_out / "brought"
+    npz = where / "digits32.npz"
+    log(f"  training {foreign.MODELS[config][0]} on 32×32 digits (the model kfopt is then given)")
+    start = time.perf_counter()
+    with open(cfg_out / "train.log", "w") as handle:
+        proc = subprocess.run([sys.executable, str(BENCH / "foreign.py"), config, str(npz), str(where)],
+                              cwd=src, env=child_env(src), stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise BenchError(f"training {config} failed (exit {proc.returncode}): "
+                         f"{last_line((cfg_out / 'train.log').read_text())} (log: {cfg_out / 'train.log'})")
+    trained = json.loads((where / "trained.json").read_text())
+    trained["command_seconds"] = round(time.perf_counter() - start, 1)
+    log(f"    {trained['epochs_run']} epochs in {trained['train_seconds']} s, test accuracy "
+        f"{trained['test_accuracy']:.4f}")
+    path = foreign.pipeline_config(src / "config" / "digits_cnn.yaml", config, npz, Path(trained["path"]),
+                                   where / f"{config}.yaml")
+    return str(path), trained
 
 
 def run_pipeline(src: Path, config: str, runs_dir: Path, overrides: list[str], log: Path) -> dict[str, Any]:
@@ -275,13 +308,17 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     # One runs folder (and so one kfp.local cache) per config: digits_cnn and digits_cnn_torch share their
     # data stages, so with one cache the second config's "cold" run would take them from the first's.
     runs_dir = out / "runs" / config
-    log(f"  pipeline, cold cache: kfopt run --config {config}" + "".join(f" --set {o}" for o in overrides))
-    result["pipeline"] = {"cold": run_pipeline(src, config, runs_dir, overrides, cfg_out / "pipeline-cold.log")}
+    run_config = config
+    if config in foreign.MODELS:
+        run_config, result["brought"] = bring_model(src, config, cfg_out, log)
+    log(f"  pipeline, cold cache: kfopt run --config {run_config}" + "".join(f" --set {o}" for o in overrides))
+    result["pipeline"] = {"cold": run_pipeline(src, run_config, runs_dir, overrides, cfg_out / "pipeline-cold.log")}
     log(f"    {result['pipeline']['cold']['command_seconds']} s; again with the cache warm")
-    result["pipeline"]["warm"] = run_pipeline(src, config, runs_dir, overrides, cfg_out / "pipeline-warm.log")
+    result["pipeline"]["warm"] = run_pipeline(src, run_config, runs_dir, overrides, cfg_out / "pipeline-warm.log")
     log(f"    {result['pipeline']['warm']['command_seconds']} s")
 
     run_dir = Path(result["pipeline"]["cold"]["run_dir"])
+    result["stages"] = stage_times.of_run(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     variants, datasets = discover(run_dir)
     schema = json.loads((datasets["test"] / "schema.json").read_text())
@@ -362,7 +399,28 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
             row["latency"] = {bs: tables.summarize(rounds_) for bs, rounds_ in m["rounds"].items() if rounds_}
         result["models"][m["name"]] = row
     result["comparisons"] = tables.comparisons(result)
+    result["operations"] = operations(result, variants, metas)
     return result
+
+
+NETWORK_FORMATS = ("savedmodel", "torch")  # a network as a framework holds it, before any conversion
+
+
+def operations(result: dict[str, Any], variants: dict[str, Path], metas: dict[str, Any]) -> dict[str, Any]:
+    """MACs per sample of the cpu choice, counted from the ONNX export of the network it was made from
+    (quantizing or converting a network does not change its arithmetic; the export is what ONNX can count)."""
+    chosen = result["kfopt_choice"].get("chosen")
+    if chosen not in result["models"]:
+        return {"error": "kfopt made no cpu choice the bench timed"}
+    steps = result["models"][chosen]["lineage"]
+    network = next((s["name"] for s in reversed(steps) if s["format"] in NETWORK_FORMATS), None)
+    source = next((n for n, m in sorted(metas.items()) if m.format == "onnx" and m.precision == "fp32"
+                   and m.parent == network and m.technique != "olive" and n in variants), None)
+    if source is None:
+        return {"error": f"no fp32 ONNX export of {chosen}'s network {network} to count its operations from"}
+    counted = macs.count(variants[source] / "model.onnx")
+    return {"chosen": chosen, "network": network, "counted_from": source,
+            "limit_precision": machine_limit.precision_of(result["models"][chosen]["precision"]), **counted}
 
 
 def overrides_for(config: str, pairs: list[str]) -> list[str]:
@@ -381,8 +439,10 @@ def overrides_for(config: str, pairs: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
-                   help=f"kfopt configs to bench (default: all: {', '.join(CONFIGS)})")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIGS,
+                   help=f"kfopt configs to bench (default: {', '.join(DEFAULT_CONFIGS)}); mobilenetv2 and "
+                        "resnet50 are tf_keras.applications models the bench trains on 32×32 digits and brings "
+                        "with --model")
     p.add_argument("--out", default=str(REPO / "bench-out"), help="output folder (default: bench-out/)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
     p.add_argument("--max-seconds", type=float, default=1.0, help="time_calls budget per model, batch and round")
@@ -422,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  FAILED: {exc}", flush=True)
 
     settings = {"warmup": 20, "min_runs": 30, "max_seconds": args.max_seconds, "target_ci": 0.02}
+    print("\nMachine limit: one fp32 and one int8 fully-connected layer in ONNX Runtime, 1 thread", flush=True)
+    start = time.perf_counter()
+    results["machine_limit"] = machine_limit.measure(threads=THREADS)
+    results["machine_limit"]["seconds"] = round(time.perf_counter() - start, 1)
+    print("  " + ", ".join(f"{k} {v / 1e9:.0f} Gop/s" for k, v in results["machine_limit"]["limit_ops_per_s"].items()),
+          flush=True)
     for config in args.configs:
         print(f"\n{config}", flush=True)
         start = time.perf_counter()
