@@ -2,7 +2,8 @@
 
 For each variant a fresh worker process (`python -m kfopt.bench`) loads the runner, predicts the
 test split (for accuracy and verification), then, at each batch size it times, predicts the test split
-again in calls of exactly that batch (at most VERIFY_CALLS calls: the first 256 samples at batch 1) so
+again in calls of exactly that batch (every test sample, the last call filled up with repeated samples whose
+answers are dropped; at most VERIFY_CALLS calls) so
 that a runtime that answers correctly at one batch size and wrongly at another is caught at the batch
 it is chosen for (`verification_by_batch`), then times it: warm-up, then timed runs until the 95%
 confidence interval of the median is within `target_ci` of it, or `max_seconds` pass. A separate process per variant keeps one runtime's thread pools and compiled graphs from
@@ -76,23 +77,26 @@ def predict_all(runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([runner.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-#: At most this many calls verify one batch size: the first 256 test samples at batch 1, the whole
-#: test split (in full batches) at 64 and above for the bundled sets.
-VERIFY_CALLS = 256
+#: At most this many calls verify one batch size: the whole test split of the bundled sets (360 rows) at
+#: every batch size, batch 1 included; a sample of the first 512 rows at batch 1 of a larger split.
+VERIFY_CALLS = 512
 
 
 def batch_rows(n: int, bs: int) -> int:
-    """How many leading test samples the verification at batch `bs` covers: whole calls of `bs`, at most
-    VERIFY_CALLS of them, and one call (samples repeated to fill it) when the split is smaller than `bs`."""
-    return min(n, bs) if n < bs else min(n // bs, VERIFY_CALLS) * bs
+    """How many leading test samples the verification at batch `bs` covers: all `n`, in calls of exactly `bs`
+    (a static-shape program at 64 must not drop the 360 % 64 remainder), at most VERIFY_CALLS calls."""
+    return min(n, bs * VERIFY_CALLS)
 
 
 def predict_at_batch(runner, x: np.ndarray, bs: int) -> np.ndarray:
-    """Predictions of the first `batch_rows(len(x), bs)` samples, every call exactly `bs` samples."""
+    """Predictions of the first `batch_rows(len(x), bs)` samples, every call exactly `bs` samples: the last
+    call is filled up with its own samples repeated, and their answers are dropped."""
     rows = batch_rows(len(x), bs)
-    if rows < bs:
-        return runner.predict(np.resize(x, (bs, *x.shape[1:])).astype(x.dtype))[:rows]
-    return np.concatenate([runner.predict(x[i:i + bs]) for i in range(0, rows, bs)])
+    out = []
+    for i in range(0, rows, bs):
+        chunk = x[i:min(i + bs, rows)]
+        out.append(runner.predict(np.resize(chunk, (bs, *x.shape[1:])).astype(x.dtype))[:len(chunk)])
+    return np.concatenate(out)
 
 
 def batch_predictions_path(predictions_out: Path, bs: int) -> Path:
@@ -133,7 +137,7 @@ def measure_variant(variant_dir: Path, dataset_dir: Path, batch_sizes: list[int]
 
 
 def _by_batch(pred_path: Path, latency: dict[str, Any], base: np.ndarray, y: np.ndarray, task: str,
-              accuracy_budget: float, min_agreement: float) -> dict[str, Any]:
+              accuracy_budget: float, min_agreement: float, confidence: float) -> dict[str, Any]:
     """The verification at each timed batch size, on the rows predicted at that batch (kfopt.verify.compare
     against the baseline's predictions of the same rows); the batch files are removed once read."""
     out = {}
@@ -142,9 +146,10 @@ def _by_batch(pred_path: Path, latency: dict[str, Any], base: np.ndarray, y: np.
         probs = np.load(path)
         path.unlink()
         rows = len(probs)
-        out[bs] = {**verify.compare(probs, base[:rows], y[:rows], task, accuracy_budget, min_agreement),
+        which = f"all {rows}" if rows == len(y) else f"the first {rows} of {len(y)}"
+        out[bs] = {**verify.compare(probs, base[:rows], y[:rows], task, accuracy_budget, min_agreement, confidence),
                    "samples": rows, "of": int(len(y)),
-                   "rows": f"the first {rows} of {len(y)} test samples, {-(-rows // int(bs))} calls of batch {bs}"}
+                   "rows": f"{which} test samples, {-(-rows // int(bs))} calls of batch {bs}"}
     return out
 
 
@@ -164,7 +169,7 @@ def _run_worker(variant_dir: Path, dataset_dir: Path, settings: dict[str, Any], 
 
 def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline_dir: Path,
         batch_sizes: list[int], threads: int = 1, warmup: int = 20, min_runs: int = 30, max_seconds: float = 2.0,
-        target_ci: float = 0.02, accuracy_budget: float = 0.5, min_agreement: float = 0.97,
+        target_ci: float = 0.02, accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
         hardware: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Benchmark every variant found under `variant_roots` whose format runs on `hardware`.
 
@@ -229,9 +234,9 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
                 row.update(sizes(vdir, meta))
                 if measured["status"] == "ok":
                     row["verification"] = verify.compare(np.load(pred_path), baseline_probs(), y, meta.task,
-                                                         accuracy_budget, min_agreement)
+                                                         accuracy_budget, min_agreement, confidence)
                     row["verification_by_batch"] = _by_batch(pred_path, row["latency"], baseline_probs(), y,
-                                                             meta.task, accuracy_budget, min_agreement)
+                                                             meta.task, accuracy_budget, min_agreement, confidence)
                     log(f"  {meta.name:<24} acc {row['accuracy']:.4f}  p50@1 "
                         f"{row['latency'].get('1', {}).get('p50_ms', float('nan')):.3f} ms  "
                         f"({time.perf_counter() - start:.1f}s)")
@@ -239,7 +244,8 @@ def run(variant_roots: list[Path], dataset_dir: Path, out_dir: Path, *, baseline
                     log(f"  {meta.name:<24} FAILED: {measured['reason']}")
                 results.append(row)
         summary = {"hardware": hardware, "environment": env, "settings": settings,
-                   "budget": {"accuracy_budget_pp": accuracy_budget, "min_agreement": min_agreement},
+                   "budget": {"accuracy_budget_pp": accuracy_budget, "min_agreement": min_agreement,
+                              "confidence": confidence},
                    "baseline": {"name": base_meta.name, "accuracy": base.get("accuracy")}, "results": results}
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

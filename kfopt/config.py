@@ -141,6 +141,7 @@ class BenchConfig:
 class VerifyConfig:
     accuracy_budget: float = 0.5  # percentage points of test accuracy a variant may lose
     min_agreement: float = 0.97  # top-1 agreement with the baseline's predictions
+    confidence: float = 0.95  # of the paired interval of the accuracy delta: only a confident loss is rejected
 
 
 @dataclasses.dataclass
@@ -353,6 +354,9 @@ def _validate_optimize(cfg: RunConfig) -> None:
     from kfopt.optimize import checks
 
     checks.budget(cfg.verify.accuracy_budget, cfg.verify.min_agreement, q.fallback_max_attempts)
+    from kfopt import stats
+
+    stats.check_confidence(cfg.verify.confidence)
     from kfopt.passes import ort_int8
 
     ort_int8.Config(search=tuple(q.ort_search))  # each entry parses, or one message naming it and the form
@@ -423,6 +427,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("openvino_enabled", "openvino.enabled", "Make OpenVINO IR variants (fp32 and NNCF int8) of the ONNX fp32 variants, verified at every benchmarked batch size."),
     ("accuracy_budget", "verify.accuracy_budget", "Accuracy (percentage points) a variant may lose vs the baseline and still be chosen."),
     ("min_agreement", "verify.min_agreement", "Minimum top-1 agreement with the baseline's predictions."),
+    ("verify_confidence", "verify.confidence", "Confidence (in (0.5, 1)) of the paired bootstrap interval of each accuracy delta: a variant is rejected for accuracy only when the whole interval loses more than accuracy_budget; an interval straddling it is reported as too few rows to tell."),
     ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),
     ("bench_threads", "bench.threads", "Intra-op threads per runtime during the benchmark (0 = runtime default)."),
     ("bench_max_seconds", "bench.max_seconds", "Time limit per variant and batch size for the timed runs."),

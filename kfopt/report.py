@@ -15,10 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kfopt import report_search, select, stage_times, variant
+from kfopt import report_search, select, stage_times, stats, variant
 from kfopt.errors import KfoptError
 
 REPORT_JSON = "report.json"
+TOO_FEW_HEADING = "Too few test rows to tell (kept: not confidently worse than the budget)"
 
 
 def merge(bench_dirs: list[Path]) -> dict[str, Any]:
@@ -64,11 +65,24 @@ def _batches_passed(row: dict[str, Any]) -> list[str]:
 
 
 def _verify_cell(row: dict[str, Any], ver: dict[str, Any]) -> str:
-    """pass / REJECTED, and the batch sizes where the per-batch verification failed (`pass, FAIL@1`)."""
+    """pass / REJECTED, whether the test rows were too few to tell, and the batch sizes where the per-batch
+    verification failed (`pass, FAIL@1`)."""
     if not ver.get("passed"):
         return "REJECTED"
     bad = [b for b, v in (row.get("verification_by_batch") or {}).items() if not v.get("passed")]
-    return f"pass, FAIL@{','.join(bad)}" if bad else "pass"
+    cell = "pass (too few rows to tell)" if ver.get("verdict") == stats.TOO_FEW else "pass"
+    return f"{cell}, FAIL@{','.join(bad)}" if bad else cell
+
+
+def _delta_cell(ver: dict[str, Any]) -> str:
+    """'-0.28 pp [-0.83, +0.28], n=360': the delta, its paired interval and its rows (a point, in older results)."""
+    return stats.describe(ver) if "delta_ci_pp" in ver else _f(ver.get("accuracy_delta_pp"), "+.2f")
+
+
+def undecided(report: dict[str, Any]) -> list[str]:
+    """One line per variant kept although its test rows were too few to tell it from the budget (kfopt.verify)."""
+    return [f"{r['name']}: {r['verification']['reason']}" for r in report["rows"]
+            if r.get("status") == "ok" and r["verification"].get("verdict") == stats.TOO_FEW]
 
 
 def baseline_warning(report: dict[str, Any]) -> list[str]:
@@ -95,7 +109,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         status = "FAILED" if status == "failed" else status
         acc = _f(r.get("accuracy"), ".4f") + (f" (AUC {r['auc']:.3f})" if r.get("auc") is not None else "")
         out.append([r["name"], r["format"], r.get("precision", ""), r.get("hardware", ""), acc,
-                    _f(ver.get("accuracy_delta_pp"), "+.2f"), status, _f(lat1.get("p50_ms"), ".3f"),
+                    _delta_cell(ver), status, _f(lat1.get("p50_ms"), ".3f"),
                     _f(lat1.get("p99_ms"), ".3f"),
                     _f(r["latency"][str(thr)]["throughput"], ".0f") + f" @{thr}" if thr else "—",
                     _f(r.get("size_bytes", 0) / 1024 if "size_bytes" in r else None, ".1f"),
@@ -103,7 +117,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADERS = ["variant", "format", "precision", "hw", "accuracy", "Δ pp", "verify", "p50@1 ms", "p99@1 ms",
+HEADERS = ["variant", "format", "precision", "hw", "accuracy", "Δ pp [CI], rows", "verify", "p50@1 ms", "p99@1 ms",
            "throughput/s", "size KiB", "gzip KiB"]
 
 
@@ -113,6 +127,7 @@ def text_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {line}" for line in not_measured(report)]
+    unsure = [f"  {line}" for line in undecided(report)]
     failed = [f"  {line}" for line in failures(report)]
     choice = [f"  {t:<5} → {c['chosen'] or 'none'}: {c['reason']}" for t, c in report["choices"].items()]
     warning = baseline_warning(report)
@@ -120,13 +135,16 @@ def text_table(report: dict[str, Any]) -> str:
     return "\n".join((warning + [""] if warning else []) + lines +
                      (["", "Failed (the run went on without them):"] + failed if failed else []) +
                      (["", "Not measured / rejected:"] + notes if notes else []) +
+                     (["", f"{TOO_FEW_HEADING}:"] + unsure if unsure else []) +
                      ["", "Choice per target:"] + choice + ([""] + times if times else []))
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# kfopt report — {report['name']}", "",
              f"Baseline accuracy {report['baseline']['accuracy']:.4f}; budget {report['budget']['accuracy_budget_pp']} pp, "
-             f"min agreement {report['budget']['min_agreement']}.", ""]
+             f"min agreement {report['budget']['min_agreement']}; a variant is rejected for accuracy only when it "
+             f"loses more than the budget with {report['budget'].get('confidence', stats.CONFIDENCE):.0%} "
+             "confidence (paired bootstrap over the test rows).", ""]
     warning = baseline_warning(report)
     lines += [f"> **{line}**" if i == 0 else f"> {line.strip()}" for i, line in enumerate(warning)]
     lines += ([""] if warning else []) + ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
@@ -144,6 +162,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Pareto front (p50@1, accuracy drop, gzip size): {', '.join(report['pareto']) or '—'}", "",
               "## Not measured or rejected", ""]
     lines += [f"- {line}" for line in not_measured(report)]
+    if undecided(report):
+        lines += ["", f"## {TOO_FEW_HEADING}", ""] + [f"- {line}" for line in undecided(report)]
     lines += ["", "## Technique details", ""] + [f"- {line}" for line in technique_details(report)]
     lines += report_search.markdown(report)
     if report.get("stage_times"):
@@ -304,6 +324,7 @@ accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>{failed}
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
+<h2>{TOO_FEW_HEADING}</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in undecided(report)) or '<li>none</li>'}</ul>
 <h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>{report_search.html(report)}{times}
 <h2>Environment</h2><ul>{env}</ul></body></html>"""
 

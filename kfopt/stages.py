@@ -63,6 +63,7 @@ class Stage:
 
 
 _GATE = {"accuracy_budget": "verify.accuracy_budget", "min_agreement": "verify.min_agreement",
+         "confidence": "verify.confidence",
          "fallback_max_attempts": "quantize.fallback_max_attempts"}
 _DATA = {"dataset_dir": "augment.augmented"}
 #: What the ORT int8 pass searches and times with, wherever it runs (quantize and the prune/distill chains).
@@ -132,7 +133,8 @@ STAGES: tuple[Stage, ...] = (
           "every variant this node pool can run, through the runner registry, each in its own process.",
           knobs={"batch_sizes": "bench.batch_sizes", "threads": "bench.threads", "warmup": "bench.warmup",
                  "min_runs": "bench.min_runs", "max_seconds": "bench.max_seconds", "target_ci": "bench.target_ci",
-                 "accuracy_budget": "verify.accuracy_budget", "min_agreement": "verify.min_agreement"},
+                 "accuracy_budget": "verify.accuracy_budget", "min_agreement": "verify.min_agreement",
+                 "confidence": "verify.confidence"},
           inputs={**_DATA, **_BASELINE}, outputs={"results": "Model"}, fan_in="variant_roots",
           copies=BENCH_HARDWARE),
     Stage("report", "kfopt.report:run",

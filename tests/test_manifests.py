@@ -24,6 +24,8 @@ MANIFESTS = ROOT / "manifests"
 SCHEMAS = Path(__file__).parent / "schemas"
 KUSTOMIZATIONS = {"base": "kfopt", "overlays/dev": "kfopt-dev", "overlays/gpu": "kfopt",
                   "overlays/tpu": "kfopt"}
+#: Cluster-scoped prerequisites a cluster administrator applies once (no namespace, not part of an overlay).
+CLUSTER_KUSTOMIZATIONS = ("trainer",)
 EXPECTED_DEPLOYMENT = {"base": "gke", "overlays/dev": "cpu-only", "overlays/gpu": "gke-gpu",
                        "overlays/tpu": "gke-tpu"}
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
@@ -74,7 +76,7 @@ def pod_spec(docs: list[dict]) -> dict:
 
 def test_every_kustomization_is_covered():
     found = {str(p.parent.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("kustomization.yaml")}
-    assert found == set(KUSTOMIZATIONS)
+    assert found == set(KUSTOMIZATIONS) | set(CLUSTER_KUSTOMIZATIONS)
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -346,3 +348,67 @@ def test_the_pipeline_may_create_and_follow_trainjobs_for_the_train_stage(render
     assert rules == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["get", "create"]},
                      {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
                      {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
+
+
+@pytest.fixture(scope="module")
+def tf_runtime() -> dict:
+    """`kubectl kustomize manifests/trainer`: kfopt's one ClusterTrainingRuntime."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed, so kustomizations cannot be rendered here")
+    out = run(kubectl, "kustomize", str(MANIFESTS / "trainer"))
+    assert out.returncode == 0, out.stderr
+    (doc,) = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return doc
+
+
+def test_tensorflow_runtime_matches_the_pinned_crd_schema(tf_runtime, tmp_path):
+    path = tmp_path / "runtime.yaml"
+    path.write_text(yaml.safe_dump(tf_runtime))
+    schema = SCHEMAS / "trainer-clustertrainingruntime-v1alpha1.json"
+    result = validate_with_schema(path, schema)
+    assert result.returncode == 0, result.stderr
+    typo = json.loads(json.dumps(tf_runtime))
+    typo["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["backofLimit"] = 0
+    path.write_text(yaml.safe_dump(typo))
+    result = validate_with_schema(path, schema)
+    assert result.returncode != 0 and "backofLimit" in result.stderr
+
+
+def test_tensorflow_runtime_job_template_is_a_strictly_valid_job(tf_runtime, tmp_path):
+    """The replicated job's template as a batch/v1 Job, through kubernetes-validate (strict, 1.32)."""
+    (job,) = tf_runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    out_file = tmp_path / "job.yaml"
+    out_file.write_text(yaml.safe_dump({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "node"},
+                                        "spec": job["template"]["spec"]}))
+    result = run(tool("kubernetes-validate"), "-k", "1.32", "--strict", str(out_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tensorflow_runtime_gives_keras_workers_what_tf_config_is_built_from(tf_runtime):
+    """Runtime, TrainJob renderer and entry point agree: names, env, port, image, cluster scope."""
+    from kfopt import trainjob
+    from kfopt.models import keras_mwms
+
+    assert tf_runtime["kind"] == "ClusterTrainingRuntime" and "namespace" not in tf_runtime["metadata"]
+    assert tf_runtime["metadata"]["name"] == trainjob.RUNTIMES["keras"].name
+    spec = tf_runtime["spec"]
+    assert set(spec["mlPolicy"]) == {"numNodes"}, "a plain ML policy: Trainer has no TensorFlow plugin"
+    assert spec["template"]["spec"]["network"]["enableDNSHostnames"] is True
+    assert "subdomain" not in spec["template"]["spec"]["network"], "keras_mwms assumes the JobSet name"
+    (job,) = spec["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == keras_mwms.REPLICATED_JOB == trainjob.NODE
+    assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    assert job["template"]["spec"]["backoffLimit"] == 0
+    pod = job["template"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["name"] == trainjob.NODE
+    assert container["image"] == deployment.load("gke").pools["gpu"].image
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) == {keras_mwms.TF_PORT, keras_mwms.NODE_INDEX, keras_mwms.JOBSET_NAME}
+    assert [p["containerPort"] for p in container["ports"]] == [int(env[keras_mwms.TF_PORT]["value"])]
+    assert env[keras_mwms.NODE_INDEX]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env[keras_mwms.JOBSET_NAME]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        f"metadata.labels['{trainjob.JOBSET_LABEL}']"

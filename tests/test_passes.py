@@ -60,14 +60,15 @@ def test_names_follow_lineage():
 
 def test_a_chained_variant_has_only_the_budget_its_parent_left(tmp_path):
     """Parent lost 1 pp of a 2 pp budget; the child loses 1 pp more. Against its parent (the old in-stage
-    rule) the child passes; against the baseline with what is left (1 pp) it fails: losses do not stack."""
-    n, classes = 100, 10
+    rule) the child passes; against the baseline with what is left (1 pp) it fails: losses do not stack.
+    2,000 rows, so that a 2 pp loss is confidently more than 1 pp (kfopt.verify's rule)."""
+    n, classes = 2000, 10
     y = np.arange(n) % classes
     onehot = np.eye(classes, dtype=np.float32)
     baseline = onehot[y]
     parent_probs, child_probs = baseline.copy(), baseline.copy()
-    parent_probs[0] = onehot[(y[0] + 1) % classes]  # the parent gets sample 0 wrong: -1 pp
-    child_probs[:2] = onehot[(y[:2] + 1) % classes]  # the child also sample 1: -2 pp vs baseline, -1 pp vs parent
+    parent_probs[:20] = onehot[(y[:20] + 1) % classes]  # the parent gets 20 samples wrong: -1 pp
+    child_probs[:40] = onehot[(y[:40] + 1) % classes]  # the child 20 more: -2 pp vs baseline, -1 pp vs parent
     check = check_mod.InStageCheck(np.zeros((n, 1)), y, baseline, "multiclass", accuracy_budget=2.0,
                                    min_agreement=0.9)
     parent_dir = tmp_path / "pruned_50"
@@ -189,11 +190,11 @@ def test_fallback_does_not_retry_what_only_the_parent_lost(tmp_path):
     int8 attempt as accurate as its float parent leaves nothing for kept-in-float layers to win back."""
     from kfopt.passes.fallback import with_fallback
 
-    n = 100
+    n = 1000  # 10 wrong rows: a 1 pp loss that these rows can tell from no loss (kfopt.verify's rule)
     y = np.arange(n) % 10
     onehot = np.eye(10, dtype=np.float32)
     wrong_once = onehot[y].copy()
-    wrong_once[0] = onehot[(y[0] + 1) % 10]
+    wrong_once[:10] = onehot[(y[:10] + 1) % 10]
 
     @dataclasses.dataclass
     class Chosen(check_mod.InStageCheck):

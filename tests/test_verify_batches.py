@@ -73,7 +73,7 @@ def test_each_timed_batch_is_verified_on_calls_of_that_batch(measured):
     assert batchy["64"]["passed"] and not batchy["1"]["passed"]
     assert batchy["1"]["agreement"] < 0.5  # class 0 everywhere at batch 1
     assert batchy["1"]["samples"] == min(n_test, bench.VERIFY_CALLS)
-    assert batchy["64"]["samples"] == n_test // 64 * 64
+    assert batchy["64"]["samples"] == n_test and n_test % 64  # the remainder of the last call is verified too
     assert all(v["passed"] for v in rows["baseline"]["verification_by_batch"].values())
     assert rows["onnx_batchy"]["verification"]["passed"]  # the batch-64 check alone would have let it through
 
@@ -98,6 +98,32 @@ def test_the_report_shows_pass_at_one_batch_and_fail_at_another(measured):
     assert "passes at batch 64" in line and "wrong at batch 1" in line
 
 
+def test_every_record_has_the_paired_interval_on_every_test_row(measured):
+    """The real bench records of a real ONNX variant: the delta's interval and the rows behind it, all of them."""
+    rows, n_test = measured
+    for name, row in rows.items():
+        for record in (row["verification"], row["verification_by_batch"]["64"]):
+            assert record["n_rows"] == n_test, name
+            lo, hi = record["delta_ci_pp"]
+            assert lo <= record["accuracy_delta_pp"] <= hi and record["confidence"] == 0.95
+            assert record["discordant"] == record["wins"] + record["losses"] and 0 <= record["mcnemar_p"] <= 1
+    assert rows["baseline"]["verification"]["delta_ci_pp"] == [0.0, 0.0]
+
+
+class _Rows:
+    """A runner that answers each row with its own index, and refuses any call not of exactly `batch` rows."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def predict(self, x):
+        assert len(x) == self.batch, len(x)
+        return x[:, :1].astype(np.float32)
+
+
 def test_batch_rows_caps_and_fills():
-    assert bench.batch_rows(360, 1) == 256 and bench.batch_rows(360, 64) == 320
-    assert bench.batch_rows(100, 256) == 100 and bench.batch_rows(100_000, 64) == 64 * bench.VERIFY_CALLS
+    assert bench.batch_rows(360, 1) == 360 and bench.batch_rows(360, 64) == 360
+    assert bench.batch_rows(100, 256) == 100 and bench.batch_rows(100_000, 1) == bench.VERIFY_CALLS
+    x = np.arange(360, dtype=np.float32).reshape(360, 1)
+    for bs in (1, 64, 500):
+        assert bench.predict_at_batch(_Rows(bs), x, bs)[:, 0].tolist() == list(range(360))

@@ -182,7 +182,8 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
         temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
-        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3,
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
+        fallback_max_attempts: int = 3,
         opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
         bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     checks.distill(student_width, temperature, alpha, epochs)
@@ -198,7 +199,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         return torch_distill.run(baseline_dir, dataset_dir, out_dir, student_width=student_width,
                                  temperature=temperature, alpha=alpha, epochs=epochs,
                                  calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
-                                 min_agreement=min_agreement, configs=configs, chain=CHAIN)
+                                 min_agreement=min_agreement, confidence=confidence, configs=configs, chain=CHAIN)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
         if reason:
@@ -211,7 +212,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             write_skipped(tmp, variants(parent), reason, "distill", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
+                                       confidence=confidence)
         start = time.perf_counter()
         student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
                                          epochs=epochs)

@@ -156,7 +156,8 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
         sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
-        accuracy_budget: float = 0.5, min_agreement: float = 0.97, fallback_max_attempts: int = 3,
+        accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
+        fallback_max_attempts: int = 3,
         opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
         bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     sparsities = [float(s) for s in sparsities]
@@ -176,6 +177,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
                 metrics.update(module.run(baseline_dir, dataset_dir, tmp / f".{kind}", sparsities=sparsities,
                                           epochs=epochs, calibration_samples=calibration_samples, chain=CHAIN,
                                           accuracy_budget=accuracy_budget, min_agreement=min_agreement,
+                                          confidence=confidence,
                                           configs=configs))
                 for made in (tmp / f".{kind}").iterdir():
                     made.rename(tmp / made.name)
@@ -189,7 +191,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             write_skipped(tmp, _names(parent, sparsities), reason, "prune", parent.name)
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
+                                       confidence=confidence)
         adapter = frameworks.of(parent)
         for sparsity in sparsities:
             name = checks.pruned_name(sparsity)

@@ -72,7 +72,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         qat: bool = True, qat_epochs: int = 2, accuracy_budget: float = 0.5, min_agreement: float = 0.97,
         fallback_max_attempts: int = 3, opset: int = 17,
         ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
-        bench_batch_sizes: tuple[int, ...] = (1, 64), search_time_budget_s: float = 60.0) -> dict[str, Any]:
+        bench_batch_sizes: tuple[int, ...] = (1, 64), search_time_budget_s: float = 60.0,
+        confidence: float = 0.95) -> dict[str, Any]:
     """Write the quantized variants of the baseline into out_dir (one folder per variant)."""
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     int8_cfg = tflite_int8.Config(fallback_max_attempts, calibration_samples)
@@ -87,7 +88,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       search_time_budget_s)
+                                       search_time_budget_s, confidence=confidence)
         metrics["calibration_samples"] = len(ctx.samples)
 
         def timed(name: str, make: Callable[[Path], variant.VariantMeta]) -> None:

@@ -81,6 +81,7 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, student_width: float, temperature: float,
         alpha: float, epochs: int, calibration_samples: int, accuracy_budget: float, min_agreement: float,
+        confidence: float,
         configs: dict[str, Any], chain) -> dict[str, Any]:
     """The student of the torch baseline at `baseline_dir`, then `chain`, under `out_dir`."""
     from kfopt.frameworks import torch as adapter
@@ -89,7 +90,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, student_width: 
     parent = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
+                                       confidence=confidence)
         start = time.perf_counter()
         teacher = adapter.load(baseline_dir)
         student = torch_architectures.build(parent.params["architecture"], ds.schema.feature_shape,

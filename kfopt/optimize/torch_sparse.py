@@ -91,7 +91,8 @@ def _no_faster(latency: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: list[float], epochs: int,
-        calibration_samples: int, accuracy_budget: float, min_agreement: float, configs: dict[str, Any],
+        calibration_samples: int, accuracy_budget: float, min_agreement: float, confidence: float,
+        configs: dict[str, Any],
         chain, log=print) -> dict[str, Any]:
     """Every sparse model of the torch baseline at `baseline_dir`, fine-tuned, then `chain`, under `out_dir`."""
     import tempfile
@@ -103,7 +104,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
-        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work)
+        ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
+                                       confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
         for sparsity in sparsities:

@@ -33,6 +33,7 @@ import numpy as np
 from kfopt import frameworks, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.passes.check import InStageCheck
+from kfopt.stats import CONFIDENCE
 
 #: name → module of every pass a stage or a chain can name.
 PASSES = {"tflite_int8": "kfopt.passes.tflite_int8", "ort_int8": "kfopt.passes.ort_int8",
@@ -64,13 +65,13 @@ class Context:
 
     @classmethod
     def for_stage(cls, ds: ds_mod.Dataset, baseline_dir: Path, calibration_samples: int, accuracy_budget: float,
-                  min_agreement: float, workdir: str | Path, search_budget_s: float = 60.0) -> "Context":
+                  min_agreement: float, workdir: str | Path, search_budget_s: float = 60.0,
+                  confidence: float = CONFIDENCE) -> "Context":
         """The context every optimizer stage builds: calibration samples and the check against the baseline."""
         from kfopt.passes.check import calibration_set
 
-        return cls(ds, calibration_set(ds, calibration_samples),
-                   InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement), Path(workdir),
-                   search_budget_s)
+        check = InStageCheck.against_baseline(baseline_dir, ds, accuracy_budget, min_agreement, confidence)
+        return cls(ds, calibration_set(ds, calibration_samples), check, Path(workdir), search_budget_s)
 
     def search(self, knob: str, objective: str, rule: str):
         """A search (kfopt.search) on this stage's clock: once the stage's budget is spent, no search of the

@@ -7,6 +7,10 @@ a 0.5 pp budget leaves its int8 child 0.2 pp. So a chain (prune → int8) cannot
 per step and still pass. The result is recorded in kfopt.json as `extra["in_stage_check"]` (with
 `budget_left_pp`); a child reads its parent's there.
 
+The rule is the gate's (kfopt.verify.compare, one rule): a candidate is rejected only when it loses more
+than the budget left with `confidence` (the paired bootstrap interval of kfopt.stats), and a check the
+validation rows are too few to decide says so in its reason.
+
 This is not the gate. The gate is the benchmark's verification (kfopt.verify: test split, against the
 baseline), which every variant meets before kfopt.select may pick it, and which no stage can skip.
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kfopt import variant, verify
+from kfopt import stats, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError
 
@@ -56,15 +60,16 @@ class InStageCheck:
     accuracy_budget: float  # pp, the whole budget
     min_agreement: float
     spent_pp: float = 0.0  # what the candidate's parent already lost against the baseline
+    confidence: float = stats.CONFIDENCE  # verify.confidence: of the accuracy delta's interval
 
     @classmethod
     def against_baseline(cls, baseline_dir: Path, ds: ds_mod.Dataset, accuracy_budget: float,
-                         min_agreement: float) -> "InStageCheck":
+                         min_agreement: float, confidence: float = stats.CONFIDENCE) -> "InStageCheck":
         from kfopt import bench, formats
 
         x, y = ds.split("val")
         return cls(x, y, bench.predict_all(formats.load(baseline_dir), x), ds.schema.task, accuracy_budget,
-                   min_agreement)
+                   min_agreement, confidence=confidence)
 
     @property
     def budget_left_pp(self) -> float:
@@ -85,7 +90,8 @@ class InStageCheck:
         return dataclasses.replace(self, spent_pp=max(0.0, -float(delta)))
 
     def compare(self, probs: np.ndarray) -> dict[str, Any]:
-        result = verify.compare(probs, self.reference, self.y, self.task, self.budget_left_pp, self.min_agreement)
+        result = verify.compare(probs, self.reference, self.y, self.task, self.budget_left_pp, self.min_agreement,
+                                self.confidence)
         if self.spent_pp and not result["passed"]:
             result["reason"] += f" (its parent had spent {self.spent_pp:.2f} of the {self.accuracy_budget:g} pp)"
         return {**result, "against": "baseline", "split": "validation", "samples": int(len(self.y)),
@@ -105,7 +111,8 @@ class InStageCheck:
 
     def describe(self) -> str:
         return (f"validation split ({len(self.y)} samples) against the baseline, {self.budget_left_pp:g} pp of the "
-                f"{self.accuracy_budget:g} pp budget left")
+                f"{self.accuracy_budget:g} pp budget left, rejected only when confidently worse "
+                f"({self.confidence:.0%})")
 
 
 def write_skipped(out_dir: Path, names: list[tuple[str, str, str]], reason: str, technique: str,

@@ -71,6 +71,8 @@ class Config:
                                       "the in-stage check (0: no fallback).")
     threads: int = knob(1, "bench.threads",
                         "INFERENCE_NUM_THREADS of the programs verified here (the benchmark's count).")
+    confidence: float = knob(0.95, "verify.confidence",
+                             "Confidence of the accuracy delta's interval: only a confidently larger loss fails.")
 
     def __post_init__(self) -> None:
         checks.budget(self.accuracy_budget, self.min_agreement, self.fallback_max_attempts)
@@ -109,7 +111,7 @@ class Reference:
         runner = formats.load(baseline_dir)
         (xv, yv), (xt, yt) = ds.split("val"), ds.split("test")
         in_stage = InStageCheck(xv, yv, bench.predict_all(runner, xv), ds.schema.task, cfg.accuracy_budget,
-                                cfg.min_agreement)
+                                cfg.min_agreement, confidence=cfg.confidence)
         return cls(in_stage, xt, yt, bench.predict_all(runner, xt))
 
 
@@ -135,7 +137,7 @@ def verify_batches(vdir: Path, ref: Reference, cfg: Config) -> dict[str, Any]:
             batches[str(batch)] = {"passed": False, "reason": str(exc)}
             continue
         batches[str(batch)] = verify.compare(probs, ref.test, ref.y_test, ref.in_stage.task, cfg.accuracy_budget,
-                                             cfg.min_agreement)
+                                             cfg.min_agreement, cfg.confidence)
     meta = variant.read(vdir)
     meta.extra["batch_verification"] = {
         "against": "baseline", "split": "test", "samples": int(len(ref.y_test)), "threads": cfg.threads,
@@ -307,11 +309,11 @@ def parents(roots: list[Path]) -> tuple[list[tuple[Path, variant.VariantMeta]], 
 
 def run(dataset_dir: Path, baseline_dir: Path, exports_dir: Path | list[Path], out_dir: Path, *, enabled: bool = True,
         calibration_samples: int = 200, batch_sizes: list[int] | None = None, accuracy_budget: float = 0.5,
-        min_agreement: float = 0.97, fallback_max_attempts: int = 3, threads: int = 1,
+        min_agreement: float = 0.97, fallback_max_attempts: int = 3, threads: int = 1, confidence: float = 0.95,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the OpenVINO variants of every ONNX fp32 variant under `exports_dir` into `out_dir`."""
     cfg = Config(enabled, calibration_samples, tuple(batch_sizes or (1, 64)), accuracy_budget, min_agreement,
-                 fallback_max_attempts, threads)
+                 fallback_max_attempts, threads, confidence)
     roots = list(exports_dir) if isinstance(exports_dir, (list, tuple)) else [exports_dir]
     baseline = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp:
