@@ -87,8 +87,8 @@ class QuantizeConfig:
 @dataclasses.dataclass
 class PruneConfig:
     enabled: bool = True
-    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8])
-    epochs: int = 8  # fine-tuning epochs; the schedule ends at ~75% of them
+    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7, 0.8, 0.9])  # searched
+    epochs: int = 8  # most fine-tuning epochs: a ramp to the sparsity, then recovery to early stopping
 
 
 @dataclasses.dataclass
@@ -407,8 +407,8 @@ PARAMS: list[tuple[str, str, str]] = [
     ("ort_search", "quantize.ort_search", "ORT int8 settings searched, the fastest that passes the in-stage check kept (JSON list, e.g. [\"QOperator U8U8 per-channel Percentile\"]; []: QDQ S8S8 only)."),
     ("fallback_max_attempts", "quantize.fallback_max_attempts", "Int8 retries keeping the most harmful layers in float when the accuracy budget is missed (0: none)."),
     ("prune_enabled", "prune.enabled", "Make magnitude-pruned variants (and their int8 TFLite)."),
-    ("prune_sparsities", "prune.sparsities", "Target sparsities, each in (0, 1) (JSON list, e.g. [0.5, 0.8])."),
-    ("prune_epochs", "prune.epochs", "Fine-tuning epochs while pruning (the schedule ends at about 75% of them)."),
+    ("prune_sparsities", "prune.sparsities", "Sparsities searched (bisection), each in (0, 1): the most aggressive passing the in-stage check is kept (JSON list, e.g. [0.5, 0.8])."),
+    ("prune_epochs", "prune.epochs", "Most fine-tuning epochs per sparsity tried: a quarter ramps the masks to it, the rest recover to early stopping."),
     ("distill_enabled", "distill.enabled", "Distill the baseline into a smaller student (and its int8 TFLite)."),
     ("student_width", "distill.student_width", "Student filters/units relative to the teacher, in (0, 1)."),
     ("distill_temperature", "distill.temperature", "Distillation temperature (softens both distributions)."),

@@ -1,25 +1,33 @@
-"""The prune stage: tfmot magnitude pruning to each target sparsity, then the passes its CHAIN declares.
+"""The prune stage: tfmot magnitude pruning searched over sparsity, then the passes its CHAIN declares.
 
-For each sparsity s: prune_low_magnitude with a PolynomialDecay schedule from 0 to s, fine-tuned on
-the training split. tfmot updates masks only on steps that are multiples of `frequency` up to
-`end_step`, so end_step is a multiple of frequency and training runs a quarter past it: the final
-mask update lands exactly on s and the remaining steps let the surviving weights recover.
-strip_pruning removes the wrappers before export. Only layers with a kernel tfmot knows how to prune
-(Conv*, Dense, DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer)
-are wrapped; preprocessing, normalization and other layers are left as they are (tfmot's default
-wraps every layer and refuses a model holding one it does not know, e.g. Rescaling). Variants per
-sparsity:
+`prune.sparsities` is the search space (kfopt.optimize.prune_search): bisection, safest first, finds the
+most aggressive sparsity whose pruned model passes the in-stage check, within `search.time_budget_s`.
+The objective is the gzipped size of the fp32 SavedModel: unstructured zeros buy size, not speed (every
+multiply stays). Only the kept sparsity gets a variant and its CHAIN:
 
-    pruned_<NN>              fp32 SavedModel, sparsity per layer and overall in kfopt.json
+    pruned_<NN>              fp32 SavedModel, sparsity per layer and overall, and the search, in kfopt.json
     pruned_<NN>_tflite_int8  its full-integer int8 TFLite (the size win multiplies after gzip)
     pruned_<NN>_onnx_fp32    its ONNX export, and pruned_<NN>_onnx_int8 its ORT static int8
+
+The recipe per point, from the baseline each time (so a point does not depend on the search's path):
+prune_low_magnitude with a PolynomialDecay schedule from 0 to s over the first RAMP of `prune.epochs`
+(at least one epoch). tfmot updates masks only on steps that are multiples of `frequency` up to
+`end_step`, so end_step is a multiple of frequency within the ramp: the last mask update lands exactly
+on s before the recovery phase begins. The recovery phase (the masks no longer move) runs to early
+stopping on the validation loss (PATIENCE epochs, best weights restored) with the learning rate cut by
+LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases together.
+Seeded from the baseline's training seed; the epochs actually run are recorded. strip_pruning removes
+the wrappers before export. Only layers with a kernel tfmot knows how to prune (Conv*, Dense,
+DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer) are wrapped;
+preprocessing, normalization and other layers are left as they are (tfmot's default wraps every layer
+and refuses a model holding one it does not know, e.g. Rescaling).
 
 Pruning needs the model's own code: the baseline's framework (kfopt.json) must have the "prune"
 capability, and tfmot prunes Keras models (a model of another framework gets skipped variants with
 the reason; kfopt's own torch models get structured channel pruning, kfopt.optimize.torch_prune, and
-global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each followed by CHAIN). Each
-pruned model's in-stage check against the baseline is recorded in its kfopt.json, so the int8 pass
-that follows it has only the rest of the accuracy budget.
+global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each searched the same way and
+followed by CHAIN). The kept model's in-stage check against the baseline is recorded in its
+kfopt.json, so the int8 pass that follows it has only the rest of the accuracy budget.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from kfopt import frameworks, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
-from kfopt.optimize import checks
+from kfopt.optimize import checks, prune_search
 from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
 from kfopt.passes.check import SWITCHED_OFF, write_skipped
 
@@ -46,15 +54,23 @@ PRUNES = ("keras",)
 
 LEARNING_RATE = 1e-3  # Adam's default: the surviving weights must move to make up for the removed ones
 MASK_UPDATES = 10  # pruning steps of the schedule, evenly spaced up to end_step
-RECOVERY = 0.25  # share of the fine-tuning steps after the last mask update
+SEARCH_RULE = ("the most aggressive sparsity whose pruned model passes the in-stage check (bisection, safest "
+               "first); the smallest gzipped fp32 SavedModel among the passing points")
+RAMP = 0.25  # share of prune.epochs (at least one epoch) over which the masks reach the target sparsity
+PATIENCE = 2  # recovery epochs without a better validation loss before it stops (best weights restored)
+LR_FACTOR = 0.3  # the recovery's learning rate is multiplied by this after an epoch without improvement
 
 
 def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH) -> dict[str, int]:
-    """end_step (a multiple of frequency, about 75% of the steps) and frequency for the schedule."""
-    total = epochs * int(np.ceil(train_samples / batch))  # epochs >= 2, so total >= 2
-    ramp = max(1, int((1 - RECOVERY) * total))  # < total: at least one step of recovery after the last update
+    """The ramp (whole epochs, RAMP of `epochs`, at least one, leaving at least one for recovery), its
+    end_step (a multiple of frequency, within the ramp) and frequency, and the recovery's most epochs."""
+    per_epoch = int(np.ceil(train_samples / batch))
+    ramp_epochs = min(epochs - 1, max(1, round(RAMP * epochs)))  # epochs >= 2
+    ramp = ramp_epochs * per_epoch  # steps 1..ramp run in the ramp: the update at end_step lands there
     updates = min(MASK_UPDATES, ramp)
-    return {"total_steps": total, "frequency": ramp // updates, "end_step": ramp // updates * updates}
+    return {"steps_per_epoch": per_epoch, "ramp_epochs": ramp_epochs, "ramp_steps": ramp,
+            "frequency": ramp // updates, "end_step": ramp // updates * updates,
+            "max_recovery_epochs": epochs - ramp_epochs}
 
 
 def _kernels_only():
@@ -86,10 +102,12 @@ def _layers(model):
 
 
 def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1):
-    """Fine-tune with magnitude pruning to `sparsity`; returns (stripped model, schedule, pruned layers)."""
+    """Prune to `sparsity` over the ramp, then recover to early stopping (module docstring); returns
+    (stripped model, schedule, pruned layers, recipe: epochs run, best recovery epoch, learning rates)."""
     import tensorflow_model_optimization as tfmot
 
     from kfopt.frameworks import keras as adapter
+    from kfopt.tfenv import keras
 
     xt, _ = ds.split("train")
     steps = schedule_steps(len(xt), epochs)
@@ -105,9 +123,18 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
     if not pruned_layers:
         raise ModelError("The model has no layer whose weights tfmot can prune (Conv, Dense, DepthwiseConv2D, "
                          "Embedding, recurrent); switch pruning off (prune_enabled=false).")
-    adapter.fine_tune(wrapped, ds, epochs=epochs, learning_rate=LEARNING_RATE, batch_size=FINE_TUNE_BATCH, seed=seed,
-                      callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-    return tfmot.sparsity.keras.strip_pruning(wrapped), steps, pruned_layers
+    common = {"learning_rate": LEARNING_RATE, "batch_size": FINE_TUNE_BATCH, "seed": seed}
+    adapter.fine_tune(wrapped, ds, epochs=steps["ramp_epochs"], callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+                      **common)
+    plateau = keras().callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_FACTOR, patience=1)
+    history = adapter.fine_tune(wrapped, ds, epochs=steps["max_recovery_epochs"], patience=PATIENCE,
+                                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), plateau], **common)
+    val_loss = history["val_loss"]
+    recipe = {"epochs_run": steps["ramp_epochs"] + len(val_loss), "recovery_epochs_run": len(val_loss),
+              "best_recovery_epoch": int(np.argmin(val_loss)) + 1,
+              "recovery_val_loss": [round(v, 5) for v in val_loss],
+              "learning_rates": [float(f"{v:.3g}") for v in history.get("lr", [])]}
+    return tfmot.sparsity.keras.strip_pruning(wrapped), steps, pruned_layers, recipe
 
 
 def measured_sparsity(model, pruned_layers: dict[str, list[int]]) -> dict[str, Any]:
@@ -133,16 +160,14 @@ def _with_sizes(vdir: Path, meta: variant.VariantMeta) -> variant.VariantMeta:
 
 
 def _names(parent: variant.VariantMeta, sparsities: list[float]) -> list[tuple[str, str, str]]:
-    """Every variant this stage makes: each pruned model and what its CHAIN makes from it."""
-    out = []
-    for name in map(checks.pruned_name, sparsities):
-        out += [(name, parent.format, "cpu"), *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
-    if parent.framework == "torch":  # kfopt's own torch models also get global-magnitude pruning (torch_sparse)
-        from kfopt.optimize.torch_sparse import sparse_name
+    """The variants this stage would have made, named after the safest sparsity (the one a search that
+    could not go further keeps): each pruned model and what its CHAIN makes from it."""
+    from kfopt.optimize.torch_sparse import sparse_name
 
-        for name in map(sparse_name, sparsities):
-            out += [(name, parent.format, "cpu"),
-                    *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
+    namers = (checks.pruned_name, sparse_name) if parent.framework == "torch" else (checks.pruned_name,)
+    out = []
+    for name in (namer(min(sparsities)) for namer in namers):
+        out += [(name, parent.format, "cpu"), *passes.chained_names(CHAIN, child_meta(parent, name, technique="prune"))]
     return out
 
 
@@ -154,18 +179,43 @@ def why_not(parent: variant.VariantMeta) -> str | None:
     return f"kfopt prunes with tfmot, which takes {'/'.join(PRUNES)} models; this one is {parent.framework}"
 
 
+def _point(adapter, baseline_dir: Path, parent: variant.VariantMeta, ds: ds_mod.Dataset, ctx: passes.Context,
+           epochs: int):
+    """The search's `make_point`: one pruned, fine-tuned model at a sparsity, saved and checked."""
+
+    def make(sparsity: float, folder: Path) -> dict[str, Any]:
+        model, steps, pruned_layers, recipe = prune_model(adapter.load(baseline_dir), ds, sparsity, epochs,
+                                                          seed=int(parent.params.get("seed", 1)))
+        measured = measured_sparsity(model, pruned_layers)
+        meta = child_meta(parent, folder.name, technique="prune", params={
+            "target_sparsity": sparsity, "max_epochs": epochs, "schedule": "PolynomialDecay", **steps,
+            "learning_rate": LEARNING_RATE, "recovery": f"early stopping on validation loss (patience {PATIENCE}, "
+                                                        f"best weights restored), learning rate x{LR_FACTOR:g} on a plateau"},
+            extra={"sparsity": measured, "recipe": recipe})
+        adapter.save(model, folder)
+        variant.write(folder, meta)
+        meta = _with_sizes(folder, ctx.check.record(folder))
+        return {"sparsity": measured["overall"], "size_gzip_bytes": meta.extra["size_gzip_bytes"],
+                "epochs_run": recipe["epochs_run"]}
+
+    return make
+
+
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
-        sparsities: list[float] = (0.5, 0.8), epochs: int = 8, calibration_samples: int = 200,
+        sparsities: list[float] = (0.3, 0.5, 0.7, 0.8, 0.9), epochs: int = 8, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
         fallback_max_attempts: int = 3,
-        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
-        bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
+        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: tuple[int, ...] = (1,),
+        bench_batch_sizes: tuple[int, ...] = (1, 64), search_time_budget_s: float = 60.0) -> dict[str, Any]:
+    from kfopt import search as search_mod
+
     sparsities = [float(s) for s in sparsities]
     checks.prune(sparsities, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
+    search_mod.check_budget(search_time_budget_s)
     configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
                "onnx_export": onnx_export.Config(opset),
-               "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads,
+               "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads[0],
                                            tuple(bench_batch_sizes))}
     parent = variant.read(baseline_dir)
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "prune"):
@@ -173,12 +223,12 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
 
         metrics = {}
         with variant.staged_dir(Path(out_dir)) as tmp:
-            for kind, module in (("structured", torch_prune), ("sparse", torch_sparse)):
+            for kind, module in (("structured", torch_prune), ("sparse", torch_sparse)):  # the budget split evenly
                 metrics.update(module.run(baseline_dir, dataset_dir, tmp / f".{kind}", sparsities=sparsities,
                                           epochs=epochs, calibration_samples=calibration_samples, chain=CHAIN,
                                           accuracy_budget=accuracy_budget, min_agreement=min_agreement,
                                           confidence=confidence,
-                                          configs=configs))
+                                          configs=configs, time_budget_s=search_time_budget_s / 2))
                 for made in (tmp / f".{kind}").iterdir():
                     made.rename(tmp / made.name)
                 (tmp / f".{kind}").rmdir()
@@ -190,27 +240,22 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         if reason:
             write_skipped(tmp, _names(parent, sparsities), reason, "prune", parent.name)
             return {"variants": 0}
+        start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
                                        confidence=confidence)
-        adapter = frameworks.of(parent)
-        for sparsity in sparsities:
-            name = checks.pruned_name(sparsity)
-            start = time.perf_counter()
-            model, steps, pruned_layers = prune_model(adapter.load(baseline_dir), ds, sparsity, epochs)
-            measured = measured_sparsity(model, pruned_layers)
-            meta = child_meta(parent, name, technique="prune", params={
-                "target_sparsity": sparsity, "epochs": epochs, "schedule": "PolynomialDecay", **steps,
-                "learning_rate": LEARNING_RATE}, extra={"sparsity": measured})
-            adapter.save(model, tmp / name)
-            variant.write(tmp / name, meta)
-            meta = _with_sizes(tmp / name, ctx.check.record(tmp / name))
-            metrics[f"{name}_sparsity"] = measured["overall"]
-            metrics[f"{name}_size_gzip_bytes"] = meta.extra["size_gzip_bytes"]
-            for child in passes.follow(CHAIN, tmp / name, tmp, ctx, configs):
-                if child.status == "ok":
-                    child = _with_sizes(tmp / child.name, child)
-                    metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
-            metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+        search = search_mod.Search("sparsity", "size_gzip_bytes", SEARCH_RULE, search_time_budget_s)
+        meta = prune_search.run(sparsities, search, _point(frameworks.of(parent), baseline_dir, parent, ds, ctx, epochs),
+                                checks.pruned_name, Path(work) / "points", tmp)
+        name = meta.name
+        metrics.update({f"{name}_sparsity": meta.extra["sparsity"]["overall"],
+                        f"{name}_size_gzip_bytes": meta.extra["size_gzip_bytes"], "prune_kept_sparsity":
+                        meta.params["target_sparsity"], "prune_points_tried": len(search.points),
+                        "prune_search_seconds": round(search.seconds, 2)})
+        for child in passes.follow(CHAIN, tmp / name, tmp, ctx, configs):
+            if child.status == "ok":
+                child = _with_sizes(tmp / child.name, child)
+                metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
+        metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
         metrics["variants"] = len(variant.discover(tmp))
     return metrics

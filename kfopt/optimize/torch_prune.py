@@ -4,8 +4,11 @@ Magnitude pruning zeroes weights and leaves every multiply in place: smaller aft
 Removing whole channels makes the layers themselves smaller. torch-pruning builds the model's
 dependency graph (a conv's output channels, the next conv's input channels, the batch norm and the
 flattened linear between them, residual adds that tie channels together) and removes a group of
-coupled channels at once, so the pruned network stays consistent. For each `sparsity` s (here the
-fraction of channels removed from each prunable layer; the classifier head keeps its units):
+coupled channels at once, so the pruned network stays consistent. The sparsity s (here the fraction of
+channels removed from each prunable layer; the classifier head keeps its units) is searched over
+`prune.sparsities` (kfopt.optimize.prune_search: bisection, safest first, within the time budget) for the
+most aggressive that passes the in-stage check; the objective is latency (torch eager p50 at batch 1,
+one thread), since removed channels buy speed. Only the kept one gets a variant and the CHAIN:
 
     pruned_<NN>              fp32 .pt2 of the pruned, fine-tuned module (torch eager)
     pruned_<NN>_onnx_fp32    its ONNX export, then pruned_<NN>_onnx_int8 (ORT static int8): the prune
@@ -30,12 +33,14 @@ from typing import Any
 from kfopt import passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
-from kfopt.optimize import checks, torch_distill
+from kfopt.optimize import checks, prune_search, torch_distill
 
 LEARNING_RATE = torch_distill.LEARNING_RATE
 TEMPERATURE = 2.0
 HARD_WEIGHT = 0.5  # of the labels' loss; the rest matches the unpruned model
 TIMED_BATCHES = (1, 64)
+SEARCH_RULE = ("the most aggressive channel ratio whose pruned model passes the in-stage check (bisection, safest "
+               "first); the lowest torch eager p50 at batch 1 among the passing points")
 
 
 def _prune(module, feature_shape, ratio: float):
@@ -82,44 +87,52 @@ def _latency(unpruned, pruned, feature_shape) -> dict[str, Any]:
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: list[float], epochs: int,
         calibration_samples: int, accuracy_budget: float, min_agreement: float, confidence: float,
         configs: dict[str, Any],
-        chain, log=print) -> dict[str, Any]:
-    """Every pruned model of the torch baseline at `baseline_dir`, fine-tuned, then `chain`, under `out_dir`."""
+        chain, time_budget_s: float = 60.0, log=print) -> dict[str, Any]:
+    """The structured pruning of the torch baseline at `baseline_dir` searched over `sparsities`, the kept one
+    fine-tuned and followed by `chain`, under `out_dir`."""
     import tempfile
 
     from kfopt.frameworks import torch as adapter
+    from kfopt.search import Search
 
     parent = variant.read(baseline_dir)
-    metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
                                        confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
-        for sparsity in sparsities:
-            name = checks.pruned_name(sparsity)
-            start = time.perf_counter()
+
+        def make(sparsity: float, folder: Path) -> dict[str, Any]:
             module = copy.deepcopy(unpruned)
             counts = _prune(module, shape, sparsity)
             history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
                                                  alpha=HARD_WEIGHT, seed=int(parent.params.get("seed", 1)),
                                                  keep="agreement")
             latency = _latency(unpruned, module, shape)
-            meta = child_meta(parent, name, technique="prune", params={
+            meta = child_meta(parent, folder.name, technique="prune", params={
                 "method": "structured channel pruning (torch-pruning, dependency graph, L2 group magnitude)",
-                "channel_ratio": sparsity, "epochs": epochs, "learning_rate": LEARNING_RATE,
+                "channel_ratio": sparsity, "target_sparsity": sparsity, "max_epochs": epochs,
+                "learning_rate": LEARNING_RATE,
                 "fine_tune": f"labels + unpruned model's outputs (T={TEMPERATURE:g}), best validation agreement kept"},
-                extra={**counts, "latency_vs_unpruned": latency,
+                extra={**counts, "latency_vs_unpruned": latency, "recipe": {"epochs_run": len(history["val_agreement"])},
                        "val_agreement_with_unpruned": history["val_agreement"]})
-            adapter.save(module, tmp / name)
-            variant.write(tmp / name, meta)
-            ctx.check.record(tmp / name)
-            passes.follow(chain, tmp / name, tmp, ctx, configs)
-            speed = latency[str(TIMED_BATCHES[-1])]["speedup"]
-            log(f"  {name}: {counts['parameters_before']} → {counts['parameters_after']} parameters, "
-                f"{speed:.2f}× {'faster' if speed > 1 else 'NOT faster'} than unpruned at batch "
-                f"{TIMED_BATCHES[-1]} ({latency['runtime']})")
-            metrics[f"{name}_speedup_at_{TIMED_BATCHES[-1]}"] = speed
-            metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
-        metrics["variants"] = len(variant.discover(tmp))
+            adapter.save(module, folder)
+            variant.write(folder, meta)
+            ctx.check.record(folder)
+            return {"p50_ms": latency[str(TIMED_BATCHES[0])]["pruned_p50_ms"], "macs": counts["macs_after"],
+                    "parameters": counts["parameters_after"], "epochs_run": len(history["val_agreement"])}
+
+        search = Search("sparsity", "p50_ms", SEARCH_RULE, time_budget_s)
+        meta = prune_search.run(sparsities, search, make, checks.pruned_name, Path(work) / "points", tmp)
+        name, counts, latency = meta.name, meta.extra, meta.extra["latency_vs_unpruned"]
+        passes.follow(chain, tmp / name, tmp, ctx, configs)
+        speed = latency[str(TIMED_BATCHES[-1])]["speedup"]
+        log(f"  {name}: kept of {len(search.points)} tried, {counts['parameters_before']} → "
+            f"{counts['parameters_after']} parameters, {speed:.2f}× {'faster' if speed > 1 else 'NOT faster'} than "
+            f"unpruned at batch {TIMED_BATCHES[-1]} ({latency['runtime']})")
+        metrics = {f"{name}_speedup_at_{TIMED_BATCHES[-1]}": speed, "structured_kept_sparsity": meta.params["channel_ratio"],
+                   "structured_points_tried": len(search.points), f"{name}_seconds": round(time.perf_counter() - start, 2),
+                   "variants": len(variant.discover(tmp))}
     return metrics

@@ -1,13 +1,15 @@
 """Unstructured global-magnitude pruning of kfopt's own torch models, for size (not speed).
 
-For each `sparsity` s, `torch.nn.utils.prune.global_unstructured` (L1) ranks the weights of every
-convolution and linear layer together and masks the smallest fraction s of them, so layers with
-many small weights lose more than the rest. The masked model is fine-tuned with the masks in place
+The sparsity s is searched over `prune.sparsities` (kfopt.optimize.prune_search: bisection, safest first,
+within the time budget) for the most aggressive that passes the in-stage check; the objective is the
+gzipped size, which is all that zeros buy. At each s, `torch.nn.utils.prune.global_unstructured` (L1)
+ranks the weights of every convolution and linear layer together and masks the smallest fraction s of
+them, so layers with many small weights lose more than the rest. The masked model is fine-tuned with the masks in place
 (the loss of kfopt.optimize.torch_distill.distill_into: the labels plus the unpruned model's softened
 outputs, the epoch agreeing best with the unpruned model kept), then `prune.remove` makes the zeros
 plain weights, so the saved `.pt2` is an ordinary fp32 program:
 
-    sparse_<NN>              fp32 .pt2 (torch eager); sparsity per layer and overall, and size and
+    sparse_<NN>              the kept sparsity's fp32 .pt2 (torch eager); sparsity per layer and overall, and size and
                              gzip size against the unpruned model, in kfopt.json
     sparse_<NN>_onnx_fp32    its ONNX export, then sparse_<NN>_onnx_int8: the prune stage's CHAIN
 
@@ -27,10 +29,12 @@ from typing import Any
 from kfopt import bench, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
-from kfopt.optimize import torch_distill, torch_prune
+from kfopt.optimize import prune_search, torch_distill, torch_prune
 
 TEMPERATURE = torch_prune.TEMPERATURE
 HARD_WEIGHT = torch_prune.HARD_WEIGHT
+SEARCH_RULE = ("the most aggressive sparsity whose pruned model passes the in-stage check (bisection, safest "
+               "first); the smallest gzipped .pt2 among the passing points")
 TIMING_NOISE = 0.1  # p50 differences under 10% between two runs of the same work are noise on a shared CPU
 
 
@@ -93,24 +97,26 @@ def _no_faster(latency: dict[str, Any]) -> dict[str, Any]:
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: list[float], epochs: int,
         calibration_samples: int, accuracy_budget: float, min_agreement: float, confidence: float,
         configs: dict[str, Any],
-        chain, log=print) -> dict[str, Any]:
-    """Every sparse model of the torch baseline at `baseline_dir`, fine-tuned, then `chain`, under `out_dir`."""
+        chain, time_budget_s: float = 60.0, log=print) -> dict[str, Any]:
+    """The global-magnitude pruning of the torch baseline at `baseline_dir` searched over `sparsities`, the kept
+    one followed by `chain`, under `out_dir`."""
     import tempfile
 
     from kfopt.frameworks import torch as adapter
+    from kfopt.search import Search
 
     parent = variant.read(baseline_dir)
     unpruned_sizes = bench.sizes(Path(baseline_dir), parent)
     metrics: dict[str, Any] = {}
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
                                        confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
-        for sparsity in sparsities:
-            name = sparse_name(sparsity)
-            start = time.perf_counter()
+
+        def make(sparsity: float, folder: Path) -> dict[str, Any]:
             module = copy.deepcopy(unpruned)
             layers = prune_globally(module, sparsity)
             history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
@@ -119,28 +125,37 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
             make_permanent(layers)
             measured = measured_sparsity(layers)
             latency = _no_faster(torch_prune._latency(unpruned, module, shape))
-            meta = child_meta(parent, name, technique="prune", params={
+            meta = child_meta(parent, folder.name, technique="prune", params={
                 "method": "unstructured global magnitude (torch.nn.utils.prune.global_unstructured, L1, "
-                          "then prune.remove)", "target_sparsity": sparsity, "epochs": epochs,
+                          "then prune.remove)", "target_sparsity": sparsity, "max_epochs": epochs,
                 "learning_rate": torch_distill.LEARNING_RATE,
                 "fine_tune": f"masks in place, labels + unpruned model's outputs (T={TEMPERATURE:g}), "
                              "best validation agreement kept"},
                 extra={"sparsity": measured, "latency_vs_unpruned": latency,
+                       "recipe": {"epochs_run": len(history["val_agreement"])},
                        "val_agreement_with_unpruned": history["val_agreement"]})
-            adapter.save(module, tmp / name)
-            variant.write(tmp / name, meta)
-            meta = _with_sizes(tmp / name, ctx.check.record(tmp / name), unpruned_sizes)
-            for child in passes.follow(chain, tmp / name, tmp, ctx, configs):
-                if child.status == "ok":
-                    child = _with_sizes(tmp / child.name, child)
-                    metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
-            speed = latency[str(torch_prune.TIMED_BATCHES[-1])]["speedup"]
-            log(f"  {name}: {measured['overall']:.0%} zeros, gzip {meta.extra['size_gzip_bytes']} bytes "
-                f"({meta.extra['gzip_ratio_vs_unpruned']:.2f}× the unpruned), {speed:.2f}× the unpruned speed at "
-                f"batch {torch_prune.TIMED_BATCHES[-1]} ({latency['runtime']})")
-            metrics[f"{name}_sparsity"] = measured["overall"]
-            metrics[f"{name}_size_gzip_bytes"] = meta.extra["size_gzip_bytes"]
-            metrics[f"{name}_speedup_at_{torch_prune.TIMED_BATCHES[-1]}"] = speed
-            metrics[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
-        metrics["variants"] = len(variant.discover(tmp))
+            adapter.save(module, folder)
+            variant.write(folder, meta)
+            meta = _with_sizes(folder, ctx.check.record(folder), unpruned_sizes)
+            return {"sparsity": measured["overall"], "size_gzip_bytes": meta.extra["size_gzip_bytes"],
+                    "epochs_run": len(history["val_agreement"])}
+
+        search = Search("sparsity", "size_gzip_bytes", SEARCH_RULE, time_budget_s)
+        meta = prune_search.run(sparsities, search, make, sparse_name, Path(work) / "points", tmp)
+        name, latency = meta.name, meta.extra["latency_vs_unpruned"]
+        for child in passes.follow(chain, tmp / name, tmp, ctx, configs):
+            if child.status == "ok":
+                child = _with_sizes(tmp / child.name, child)
+                metrics[f"{child.name}_size_gzip_bytes"] = child.extra["size_gzip_bytes"]
+        speed = latency[str(torch_prune.TIMED_BATCHES[-1])]["speedup"]
+        log(f"  {name}: kept of {len(search.points)} tried, {meta.extra['sparsity']['overall']:.0%} zeros, gzip "
+            f"{meta.extra['size_gzip_bytes']} bytes ({meta.extra['gzip_ratio_vs_unpruned']:.2f}× the unpruned), "
+            f"{speed:.2f}× the unpruned speed at batch {torch_prune.TIMED_BATCHES[-1]} ({latency['runtime']})")
+        metrics.update({f"{name}_sparsity": meta.extra["sparsity"]["overall"],
+                        f"{name}_size_gzip_bytes": meta.extra["size_gzip_bytes"],
+                        f"{name}_speedup_at_{torch_prune.TIMED_BATCHES[-1]}": speed,
+                        "sparse_kept_sparsity": meta.params["target_sparsity"],
+                        "sparse_points_tried": len(search.points),
+                        f"{name}_seconds": round(time.perf_counter() - start, 2),
+                        "variants": len(variant.discover(tmp))})
     return metrics
