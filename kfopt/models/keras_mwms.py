@@ -123,18 +123,20 @@ def launch(dataset_dir: Path, out_dir: Path, *, workers: int, timeout_s: float =
 
 
 def _worker(a: argparse.Namespace) -> None:
+    from kfopt import storage
+    from kfopt.data import dataset as ds_mod
+
+    with tempfile.TemporaryDirectory(prefix="kfopt-mwms-data-") as tmp:  # bad data fails before TF starts
+        ds = ds_mod.read(storage.fetch(a.dataset, Path(tmp)))
+
     from kfopt.tfenv import keras, tf
 
     strategy = tf().distribute.MultiWorkerMirroredStrategy()  # first: it must exist before other TF ops
     index = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("index", 0)
 
-    from kfopt import storage
-    from kfopt.data import dataset as ds_mod
     from kfopt.frameworks import keras as adapter
     from kfopt.models import train
 
-    with tempfile.TemporaryDirectory(prefix="kfopt-mwms-data-") as tmp:
-        ds = ds_mod.read(storage.fetch(a.dataset, Path(tmp)))
     keras().utils.set_random_seed(a.seed)
     keras().mixed_precision.set_global_policy("float32" if a.mixed_precision == "none" else a.mixed_precision)
     with strategy.scope():
