@@ -130,7 +130,12 @@ class XlaConfig:
 @dataclasses.dataclass
 class BenchConfig:
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
-    threads: int = 1  # intra-op threads per runtime
+    # intra-op thread counts (0 = runtime default): every variant is timed at the first (the ORT int8 search too);
+    # each target's finalists also at the rest and at the serving node's cores (deployment file `targets`)
+    threads: list[int] = dataclasses.field(default_factory=lambda: [1])
+    finalists: int = 2  # per target: the fastest verified variants timed at more threads (and swept); 0: none
+    saturation_gain: float = 0.05  # throughput:<B> sweep: a doubling must raise throughput by more than this ...
+    saturation_steps: int = 2  # ... or, after this many such doublings in a row, the sweep stops
     warmup: int = 20
     min_runs: int = 30
     max_seconds: float = 2.0  # per variant and batch size
@@ -147,7 +152,7 @@ class VerifyConfig:
 @dataclasses.dataclass
 class SelectConfig:
     targets: list[str] = dataclasses.field(default_factory=lambda: ["cpu", "edge", "gpu", "tpu"])
-    # objective per target: latency:<batch> | throughput:<batch> | size
+    # objective per target: latency:<batch> | throughput:<largest batch> (swept up to it) | size
     objectives: dict[str, str] = dataclasses.field(default_factory=lambda: {
         "cpu": "latency:1", "edge": "size", "gpu": "throughput:64", "tpu": "throughput:64"})
 
@@ -241,10 +246,19 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+def thread_counts(threads: int | list[int] | tuple[int, ...]) -> list[int]:
+    """`bench.threads` as a list: the old form, one count (`threads: 2`), reads as `[2]`."""
+    return [threads] if isinstance(threads, int) else list(threads)
+
+
 def from_dict(raw: dict) -> RunConfig:
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("normalize"), bool):  # the old switch: true meant standardize
         raw = {**raw, "data": {**data, "normalize": "standardize" if data["normalize"] else "none"}}
+    bench = raw.get("bench") if isinstance(raw, dict) else None
+    threads = bench.get("threads") if isinstance(bench, dict) else None
+    if isinstance(threads, int) and not isinstance(threads, bool):  # the old form: one thread count
+        raw = {**raw, "bench": {**bench, "threads": thread_counts(threads)}}
     cfg = _build(RunConfig, raw, "")
     if not cfg.publish.model_name and not cfg.model.uri and cfg.name != cfg.model.architecture:
         cfg.publish.model_name = cfg.name  # else left empty: the stages name it (kfopt.publish.resolve_name)
@@ -311,7 +325,13 @@ def validate(cfg: RunConfig) -> None:
     check(0 < b.target_ci < 1, f"bench.target_ci must be in (0, 1) (relative half-width), got {b.target_ci}.")
     check(b.max_seconds > 0, f"bench.max_seconds must be positive, got {b.max_seconds}.")
     check(bool(b.batch_sizes) and all(x >= 1 for x in b.batch_sizes), f"bench.batch_sizes must be positive integers, got {b.batch_sizes}.")
-    check(b.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {b.threads}.")
+    check(bool(b.threads) and all(x >= 0 for x in b.threads),
+          f"bench.threads must be a non-empty list of thread counts >= 0 (0 = runtime default), got {b.threads}.")
+    check(b.finalists >= 0, f"bench.finalists must be >= 0 (0: time every variant at bench.threads[0] only), "
+          f"got {b.finalists}.")
+    check(0 < b.saturation_gain < 1, f"bench.saturation_gain must be in (0, 1) (relative throughput gain), "
+          f"got {b.saturation_gain}.")
+    check(b.saturation_steps >= 1, f"bench.saturation_steps must be at least 1, got {b.saturation_steps}.")
     r = cfg.tensorrt
     check(1 <= r.min_batch <= r.opt_batch <= r.max_batch,
           f"tensorrt: the batch profile needs 1 <= min_batch <= opt_batch <= max_batch, got min_batch "
@@ -429,13 +449,16 @@ PARAMS: list[tuple[str, str, str]] = [
     ("min_agreement", "verify.min_agreement", "Minimum top-1 agreement with the baseline's predictions."),
     ("verify_confidence", "verify.confidence", "Confidence (in (0.5, 1)) of the paired bootstrap interval of each accuracy delta: a variant is rejected for accuracy only when the whole interval loses more than accuracy_budget; an interval straddling it is reported as too few rows to tell."),
     ("bench_batch_sizes", "bench.batch_sizes", "Batch sizes to benchmark (JSON list)."),
-    ("bench_threads", "bench.threads", "Intra-op threads per runtime during the benchmark (0 = runtime default)."),
+    ("bench_threads", "bench.threads", "Intra-op thread counts (JSON list; 0 = runtime default): every variant is timed at the first (so is the ORT int8 search), each target's finalists also at the others and at the serving node's cores (the deployment file's targets)."),
+    ("bench_finalists", "bench.finalists", "Per target, the fastest verified variants (at the first thread count) timed again at the serving node's cores and, for throughput:<B>, swept over batch sizes 1, 2, 4, ... up to B; 0: none."),
+    ("bench_saturation_gain", "bench.saturation_gain", "Batch sweep: a doubling must raise throughput by more than this (relative) over the best so far (Triton Model Navigator's throughput cutoff, 0.05)."),
+    ("bench_saturation_steps", "bench.saturation_steps", "Batch sweep: stop after this many doublings in a row below saturation_gain (Model Navigator's backoff limit, 2)."),
     ("bench_max_seconds", "bench.max_seconds", "Time limit per variant and batch size for the timed runs."),
     ("bench_warmup", "bench.warmup", "Untimed warm-up runs per variant and batch size."),
     ("bench_min_runs", "bench.min_runs", "Fewest timed runs per variant and batch size."),
     ("bench_target_ci", "bench.target_ci", "Stop timing once the median's 95% confidence interval is within this relative width."),
     ("targets", "select.targets", "Deployment targets to choose a variant for (JSON list of cpu, edge, gpu, tpu)."),
-    ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> or size (JSON object)."),
+    ("objectives", "select.objectives", "Objective per target: latency:<batch>, throughput:<batch> (the most samples/s at any batch up to it: the finalists are swept) or size (JSON object)."),
     ("publish_enabled", "publish.enabled", "Publish the run into the model registry, behind the regression gate."),
     ("registry", "publish.registry", "Model registry root: a gs:// URI (or a folder); empty: gs://<pipeline root's bucket>/registry."),
     ("model_name", "publish.model_name", "Name the models are published under in the registry; empty: a brought model's file/folder name (model_uri), else the architecture's."),

@@ -8,6 +8,7 @@ This module is a plain library (YAML + dataclasses): it does not import kfp.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ TPU_SINGLE_HOST_TOPOLOGIES = {
 TPU_RESOURCE = "google.com/tpu"
 TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+
+#: Targets served from a CPU (edge is measured on the benchmark node's CPU as a proxy): the deployment file's
+#: `targets` says how many cores each one's serving node has, so that the benchmark times the finalists at
+#: that thread count and the choice names it. Accelerator targets run at the benchmark's first thread count.
+CORE_TARGETS = ("cpu", "edge")
+AUTO = "auto"
 
 #: Shipped deployment files; images set KFOPT_DEPLOYMENT_DIR because config/ is not installed.
 DEPLOYMENT_DIR = Path(__file__).resolve().parent.parent / "config" / "deployment"
@@ -109,6 +116,12 @@ class Deployment:
     service_account: str | None
     pools: Mapping[str, Pool]
     stages: Mapping[str, Stage]
+    cores: Mapping[str, int | str] = dataclasses.field(default_factory=dict)  # target → cores or "auto"
+
+    def cores_for(self, target: str) -> int:
+        """The serving node's cores for `target`: the file's number, else (`auto` or not given) this node's."""
+        value = self.cores.get(target, AUTO)
+        return node_cores() if value == AUTO else int(value)
 
     def stage(self, stage: str) -> Stage:
         """The placement of `stage`; a ConfigError names the known stages if it is not one."""
@@ -211,7 +224,7 @@ class _Parser:
 
     def deployment(self, raw: Any) -> Deployment:
         doc = self.mapping(raw, "", ("registry", "tag", "pools", "resources", "stages"),
-                           ("pipeline_root", "service_account"))
+                           ("pipeline_root", "service_account", "targets"))
         registry = self.typed(doc["registry"], "registry", str)
         tag = self.typed(doc["tag"], "tag", str)
         pools_raw = self.typed(doc["pools"], "pools", dict)
@@ -230,7 +243,33 @@ class _Parser:
         account = doc.get("service_account")
         if account is not None:
             self.typed(account, "service_account", str)
-        return Deployment(self.path.stem, self.path, root, account, pools, stages)
+        cores = self.targets(doc.get("targets"), stages)
+        return Deployment(self.path.stem, self.path, root, account, pools, stages, cores)
+
+    def targets(self, raw: Any, stages: dict[str, Stage]) -> dict[str, int | str]:
+        """`targets: {cpu: {cores: 8}, edge: {cores: 4}}`: the serving node's cores per CPU target, at most the
+        CPU limit of the benchmark task that times them (a 4-CPU pod cannot show 8 threads' speed)."""
+        if raw is None:
+            return {}
+        spec = self.mapping(raw, "targets", (), CORE_TARGETS)
+        out: dict[str, int | str] = {}
+        limit = _cpu(stages["benchmark_cpu"].resources.cpu_limit)
+        for target, entry in spec.items():
+            key = f"targets.{target}.cores"
+            value = self.mapping(entry, f"targets.{target}", ("cores",))["cores"]
+            if value == AUTO:
+                out[target] = AUTO
+                continue
+            cores = self.typed(value, key, int) if not isinstance(value, str) else None
+            if cores is None:
+                raise self.fail(key, f"({value!r}) must be a whole number of cores or {AUTO} (this node's)")
+            if cores < 1:
+                raise self.fail(key, f"is {cores}; a serving node has at least 1 core (or write {AUTO})")
+            if cores > limit:
+                raise self.fail(key, f"is {cores}, above the cpu_limit ({limit:g}) of benchmark_cpu, which times "
+                                     f"the finalists at that many threads; raise the limit or lower cores")
+            out[target] = cores
+        return out
 
     def pool(self, name: str, spec: Any, registry: str, tag: str) -> Pool:
         key = f"pools.{name}"
@@ -354,6 +393,17 @@ class _Parser:
             raise self.fail(f"{key}.resources", f"names unknown resource profile '{profile}'; "
                                                 f"use one of: {', '.join(profiles)}")
         return Stage(name, pool, profiles[profile])
+
+
+def node_cores() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a pod's cpu limit,
+    which the affinity mask does not show)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else max(1, min(cores, int(int(quota) // int(period))))
 
 
 def image_pin_problem(image: str) -> str | None:

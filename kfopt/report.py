@@ -23,7 +23,7 @@ TOO_FEW_HEADING = "Too few test rows to tell (kept: not confidently worse than t
 
 
 def merge(bench_dirs: list[Path]) -> dict[str, Any]:
-    rows, environments, budget, baseline, settings = [], {}, None, None, None
+    rows, environments, budget, baseline, settings, serving = [], {}, None, None, None, {}
     for d in bench_dirs:
         path = Path(d) / "results.json"
         if not path.is_file():
@@ -35,7 +35,9 @@ def merge(bench_dirs: list[Path]) -> dict[str, Any]:
         if data["baseline"].get("accuracy") is not None:
             baseline = data["baseline"]
         rows.extend(data["results"])
-    return {"rows": rows, "environments": environments, "budget": budget, "baseline": baseline, "settings": settings}
+        serving.update(data.get("serving") or {})  # per target: the serving node's cores and thread counts
+    return {"rows": rows, "environments": environments, "budget": budget, "baseline": baseline, "settings": settings,
+            "serving": serving}
 
 
 def failures(report: dict[str, Any]) -> list[str]:
@@ -113,12 +115,34 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                     _f(lat1.get("p99_ms"), ".3f"),
                     _f(r["latency"][str(thr)]["throughput"], ".0f") + f" @{thr}" if thr else "—",
                     _f(r.get("size_bytes", 0) / 1024 if "size_bytes" in r else None, ".1f"),
-                    _f(r.get("size_gzip_bytes", 0) / 1024 if "size_gzip_bytes" in r else None, ".1f")])
+                    _f(r.get("size_gzip_bytes", 0) / 1024 if "size_gzip_bytes" in r else None, ".1f"),
+                    _threads_cell(r), _sweep_cell(r)])
     return out
 
 
+def _threads_cell(row: dict[str, Any]) -> str:
+    """p50 at the smallest batch per thread count, when a finalist was timed at more than one (`1t 0.41 · 8t 0.09`)."""
+    timed = select.measurements(row) if row.get("status") == "ok" else {}
+    if len(timed) < 2:
+        return "—"
+    batch = min(int(b) for m in timed.values() for b in m.get("latency", {}))
+    cells = [f"{t}t {m['latency'][str(batch)]['p50_ms']:.3f}" for t, m in sorted(timed.items(), key=lambda kv: int(kv[0]))
+             if str(batch) in m.get("latency", {})]
+    return (f"@{batch}: " if batch != 1 else "") + " · ".join(cells)
+
+
+def _sweep_cell(row: dict[str, Any]) -> str:
+    """The batch where a finalist's batch sweep saturated, its throughput and thread count (`32 @8t 5120/s`)."""
+    swept = [(t, m["sweep"]) for t, m in select.measurements(row).items() if (m.get("sweep") or {}).get("best_batch")]
+    if row.get("status") != "ok" or not swept:
+        return "—"
+    t, sweep = max(swept, key=lambda ts: max(p["throughput"] for p in ts[1]["points"]))
+    point = next(p for p in sweep["points"] if p["batch"] == sweep["best_batch"])
+    return f"{sweep['best_batch']} @{t}t {point['throughput']:.0f}/s"
+
+
 HEADERS = ["variant", "format", "precision", "hw", "accuracy", "Δ pp [CI], rows", "verify", "p50@1 ms", "p99@1 ms",
-           "throughput/s", "size KiB", "gzip KiB"]
+           "throughput/s", "size KiB", "gzip KiB", "p50 ms by threads", "best batch (sweep)"]
 
 
 def text_table(report: dict[str, Any]) -> str:
@@ -377,7 +401,7 @@ def build(bench_dirs: list[Path], name: str, targets: list[str], objectives: dic
     report["name"] = publish.resolve_name(name, base.get("params") or {})
     report["baseline_warning"] = (base.get("extra") or {}).get("implausible_baseline")
     report["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    report["choices"] = select.choose(report["rows"], targets, objectives)
+    report["choices"] = select.choose(report["rows"], targets, objectives, report.get("serving"))
     report["pareto"] = select.pareto_front(report["rows"])
     report["confusion"] = confusion(report, bench_dirs, dataset_dir)
     return report

@@ -77,7 +77,10 @@ def test_benchmark_rows_isolated_and_honest(digits_small, exported, tmp_path):
     for r in rows.values():
         assert r["status"] == "ok" and r["latency"]["8"]["throughput"] > 0
         assert r["peak_rss_mb"] > 50  # measured in the worker process, which loaded a runtime
-    assert json.loads((out / "results.json").read_text())["environment"]["cores"] >= 1
+        assert r["threads"] == 1 and set(r["by_threads"]) == {"1"}  # no targets: the first thread count only
+        assert r["by_threads"]["1"]["latency"] == r["latency"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["environment"]["cores"] >= 1 and saved["settings"]["threads"] == [1] and saved["serving"] == {}
     assert (out / "predictions" / "tflite_fp32.npy").is_file()
 
 

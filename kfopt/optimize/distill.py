@@ -184,13 +184,13 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
         accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
         fallback_max_attempts: int = 3,
-        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
+        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: tuple[int, ...] = (1,),
         bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     checks.distill(student_width, temperature, alpha, epochs)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
                "onnx_export": onnx_export.Config(opset),
-               "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads,
+               "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads[0],
                                            tuple(bench_batch_sizes))}
     parent = variant.read(baseline_dir)
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "distill"):

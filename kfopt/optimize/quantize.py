@@ -71,13 +71,13 @@ def _weight_only(baseline_dir: Path, parent: variant.VariantMeta, tmp: Path,
 def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, calibration_samples: int = 200,
         qat: bool = True, qat_epochs: int = 2, accuracy_budget: float = 0.5, min_agreement: float = 0.97,
         fallback_max_attempts: int = 3, opset: int = 17,
-        ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: int = 1,
+        ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: tuple[int, ...] = (1,),
         bench_batch_sizes: tuple[int, ...] = (1, 64), search_time_budget_s: float = 60.0,
         confidence: float = 0.95) -> dict[str, Any]:
     """Write the quantized variants of the baseline into out_dir (one folder per variant)."""
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     int8_cfg = tflite_int8.Config(fallback_max_attempts, calibration_samples)
-    ort_cfg = ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads, tuple(bench_batch_sizes))
+    ort_cfg = ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads[0], tuple(bench_batch_sizes))
     if qat:
         qat_pass.Config(qat_epochs)  # bad settings fail before anything is made
     parent = variant.read(baseline_dir)

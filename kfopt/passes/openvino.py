@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kfopt import formats, variant, verify
+from kfopt.config import thread_counts
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ConfigError, KfoptError
 from kfopt.export import child_meta
@@ -70,7 +71,7 @@ class Config:
                                       "Iterations of nncf.quantize_with_accuracy_control when int8 misses "
                                       "the in-stage check (0: no fallback).")
     threads: int = knob(1, "bench.threads",
-                        "INFERENCE_NUM_THREADS of the programs verified here (the benchmark's count).")
+                        "INFERENCE_NUM_THREADS of the programs verified here (the first of the benchmark's counts).")
     confidence: float = knob(0.95, "verify.confidence",
                              "Confidence of the accuracy delta's interval: only a confidently larger loss fails.")
 
@@ -309,11 +310,12 @@ def parents(roots: list[Path]) -> tuple[list[tuple[Path, variant.VariantMeta]], 
 
 def run(dataset_dir: Path, baseline_dir: Path, exports_dir: Path | list[Path], out_dir: Path, *, enabled: bool = True,
         calibration_samples: int = 200, batch_sizes: list[int] | None = None, accuracy_budget: float = 0.5,
-        min_agreement: float = 0.97, fallback_max_attempts: int = 3, threads: int = 1, confidence: float = 0.95,
+        min_agreement: float = 0.97, fallback_max_attempts: int = 3, threads: int | tuple[int, ...] = (1,),
+        confidence: float = 0.95,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the OpenVINO variants of every ONNX fp32 variant under `exports_dir` into `out_dir`."""
     cfg = Config(enabled, calibration_samples, tuple(batch_sizes or (1, 64)), accuracy_budget, min_agreement,
-                 fallback_max_attempts, threads, confidence)
+                 fallback_max_attempts, thread_counts(threads)[0], confidence)
     roots = list(exports_dir) if isinstance(exports_dir, (list, tuple)) else [exports_dir]
     baseline = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp:

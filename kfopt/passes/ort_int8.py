@@ -107,7 +107,8 @@ class Config:
                                       "the in-stage check (0: no fallback).")
     search: tuple[str, ...] = knob(SEARCH, "quantize.ort_search",
                                    "ORT int8 settings tried, the fastest passing kept (empty: QDQ S8S8 only).")
-    threads: int = knob(1, "bench.threads", "Intra-op threads the search times each setting with.")
+    threads: int = knob(1, "bench.threads", "Intra-op threads the search times each setting with: the first "
+                                                   "of the benchmark's thread counts.")
     batch_sizes: tuple[int, ...] = knob((1, 64), "bench.batch_sizes",
                                         "The search times each setting at the smallest and largest of these.")
 
