@@ -261,7 +261,8 @@ class _Run:
         return {
             "schema": "kfopt.model_card/1", "name": self.name, "version": self.version, "target": target,
             "created": _now(), "run_id": self.run_id, "objective": choice["objective"], "interface": self.model,
-            "selection": {k: choice.get(k) for k in ("reason", "runner_up", "runner_up_reason") if choice.get(k)},
+            "selection": {k: choice[k] for k in ("reason", "runner_up", "runner_up_reason", "threads", "batch", "cores")
+                          if choice.get(k) is not None},  # threads and batch: what the choice's figures assume
             "variant": {k: spec[k] for k in ("name", "format", "precision", "framework", "runtime", "technique", "params",
                                              "parent", "task", "input", "output", "files")},
             "metrics": {"accuracy": row["accuracy"], "accuracy_delta_pp": ver["accuracy_delta_pp"],
