@@ -94,10 +94,12 @@ class PruneConfig:
 @dataclasses.dataclass
 class DistillConfig:
     enabled: bool = True
-    student_width: float = 0.5  # the student's filters/units relative to the teacher's, in (0, 1)
+    # widths searched (filters/units relative to the teacher's, each in (0, 1)): the narrowest passing student kept
+    student_width: list[float] = dataclasses.field(default_factory=lambda: [0.75, 0.5, 0.25])
     temperature: float = 4.0
     alpha: float = 0.1  # weight of the hard-label loss; 1 - alpha goes to matching the teacher
-    epochs: int = 30
+    epochs: int = 30  # the most a student trains; early stopping on validation accuracy usually ends it sooner
+    patience: int = 5  # epochs without a better validation accuracy before it stops (the rate halves every 2)
 
 
 @dataclasses.dataclass
@@ -255,6 +257,10 @@ def from_dict(raw: dict) -> RunConfig:
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("normalize"), bool):  # the old switch: true meant standardize
         raw = {**raw, "data": {**data, "normalize": "standardize" if data["normalize"] else "none"}}
+    distill = raw.get("distill") if isinstance(raw, dict) else None
+    width = distill.get("student_width") if isinstance(distill, dict) else None
+    if isinstance(width, (int, float)) and not isinstance(width, bool):  # the old form: one width, not a search
+        raw = {**raw, "distill": {**distill, "student_width": [width]}}
     bench = raw.get("bench") if isinstance(raw, dict) else None
     threads = bench.get("threads") if isinstance(bench, dict) else None
     if isinstance(threads, int) and not isinstance(threads, bool):  # the old form: one thread count
@@ -384,7 +390,7 @@ def _validate_optimize(cfg: RunConfig) -> None:
     from kfopt import search
 
     search.check_budget(cfg.search.time_budget_s)
-    checks.distill(d.student_width, d.temperature, d.alpha, d.epochs)
+    checks.distill(d.student_width, d.temperature, d.alpha, d.epochs, d.patience)
 
 
 # Pipeline parameters: (parameter name, config path, description). The pipeline function in
@@ -430,10 +436,11 @@ PARAMS: list[tuple[str, str, str]] = [
     ("prune_sparsities", "prune.sparsities", "Sparsities searched (bisection), each in (0, 1): the most aggressive passing the in-stage check is kept (JSON list, e.g. [0.5, 0.8])."),
     ("prune_epochs", "prune.epochs", "Most fine-tuning epochs per sparsity tried: a quarter ramps the masks to it, the rest recover to early stopping."),
     ("distill_enabled", "distill.enabled", "Distill the baseline into a smaller student (and its int8 TFLite)."),
-    ("student_width", "distill.student_width", "Student filters/units relative to the teacher, in (0, 1)."),
+    ("student_width", "distill.student_width", "Student widths searched (filters/units relative to the teacher, each in (0, 1); JSON list, e.g. [0.75, 0.5, 0.25]): bisection from the widest keeps the narrowest student that passes the in-stage check."),
     ("distill_temperature", "distill.temperature", "Distillation temperature (softens both distributions)."),
     ("distill_alpha", "distill.alpha", "Weight of the hard-label loss in [0, 1]; the rest matches the teacher."),
-    ("distill_epochs", "distill.epochs", "Student training epochs (best validation accuracy kept)."),
+    ("distill_epochs", "distill.epochs", "Most epochs a student trains (early stopping on validation accuracy, best weights kept)."),
+    ("distill_patience", "distill.patience", "Epochs without a better validation accuracy before a student's training stops; the learning rate halves every patience/2 of them."),
     ("search_time_budget_s", "search.time_budget_s", "Seconds each stage may spend searching its technique's knob (ORT int8 settings, sparsity, student width); no new point starts after it."),
     ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
     ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),

@@ -1,13 +1,20 @@
-"""The distill stage: a half-width student learns from the trained baseline, then int8."""
+"""The distill stage: a student searched over width learns from the trained baseline, then int8.
+
+Every student is really trained (tf-keras) against the real teacher's outputs; the search, the in-stage
+check and the chain run as in the pipeline. Small widths, epochs and data keep each test to seconds.
+"""
 
 import numpy as np
 import pytest
 
-from kfopt import bench, formats, variant, verify
+from kfopt import bench, config, formats, passes, variant, verify
 from kfopt.data import dataset as ds_mod
-from kfopt.errors import ModelError
+from kfopt.errors import ConfigError, ModelError
 from kfopt.frameworks import keras as keras_adapter
-from kfopt.optimize import distill
+from kfopt.optimize import distill, recipe
+from kfopt.passes.check import InStageCheck
+
+PASS_ALL = {"accuracy_budget": 100.0, "min_agreement": 0.0}  # every student passes: the search order shows
 
 
 def test_student_is_smaller_learns_and_enters_the_int8_chain(digits_small, tmp_path):
@@ -17,6 +24,7 @@ def test_student_is_smaller_learns_and_enters_the_int8_chain(digits_small, tmp_p
     student, int8 = variant.read(out / "student"), variant.read(out / "student_tflite_int8")
     assert student.technique == "distill" and student.parent == "baseline"
     assert student.params["temperature"] == 4.0 and student.params["alpha"] == 0.1
+    assert student.params["student_width"] == 0.5 and student.params["searched_widths"] == [0.5]
     assert int8.parent == "student" and int8.input.dtype == "int8" and "fallback" in int8.extra
     # half the filters/units: about a quarter of the parameters
     assert metrics["student_parameters"] < 0.35 * metrics["teacher_parameters"]
@@ -26,6 +34,120 @@ def test_student_is_smaller_learns_and_enters_the_int8_chain(digits_small, tmp_p
     x, y = ds_mod.read(digits_small["dataset"]).split("test")
     for name in ("student", "student_tflite_int8", "student_onnx_fp32", "student_onnx_int8"):
         assert verify.quality(bench.predict_all(formats.load(out / name), x), y, "multiclass")["accuracy"] > 0.85
+    # early stopping kept the best epoch's weights, within the most epochs allowed
+    run = student.extra["recipe"]
+    history = student.extra["history"]
+    assert run["epochs_run"] == len(history["val_accuracy"]) == len(history["learning_rate"]) <= 8
+    assert run["best_val_accuracy"] == max(history["val_accuracy"])
+    assert history["val_accuracy"][run["best_epoch"] - 1] == run["best_val_accuracy"]
+    (point,) = student.extra["search"]["points"]
+    assert point["setting"] == "0.5" and point["epochs_run"] == run["epochs_run"]
+
+
+def test_width_search_keeps_the_narrowest_passing_student_and_asks_the_teacher_once(digits_small, tmp_path,
+                                                                                     monkeypatch):
+    calls = []
+    real = distill.soft_targets
+    monkeypatch.setattr(distill, "soft_targets", lambda teacher, x: calls.append(len(x)) or real(teacher, x))
+    out = tmp_path / "d"
+    metrics = distill.run(digits_small["baseline"], digits_small["dataset"], out, student_width=[0.25, 0.75, 0.5],
+                          epochs=2, calibration_samples=32, **PASS_ALL)
+    assert calls == [len(ds_mod.read(digits_small["dataset"]).split("train")[0])]  # once, for three widths' worth
+    student = variant.read(out / "student")
+    record = student.extra["search"]
+    # bisection from the widest: 0.75 passed, so the narrowest (0.25) next; it passed too, so 0.5 needs no training
+    assert [p["setting"] for p in record["points"]] == ["0.75", "0.25"]
+    assert record["chosen"] == record["kept"] == "0.25" and record["knob"] == "student_width"
+    assert record["objective"] == "parameters" and record["not_tried"] == []
+    wide, narrow = record["points"]
+    assert wide["parameters"] > narrow["parameters"] == student.extra["parameters"] == metrics["student_parameters"]
+    for point in record["points"]:
+        assert point["passed"] and point["seconds"] > 0 and 1 <= point["epochs_run"] <= 2
+    assert student.params["student_width"] == 0.25 == metrics["student_width"]
+    assert student.params["searched_widths"] == [0.75, 0.5, 0.25]
+    # only the kept student has a variant (and its chain)
+    assert sorted(m.name for m in map(variant.read, variant.discover(out))) == [
+        "student", "student_onnx_fp32", "student_onnx_int8", "student_tflite_int8"]
+
+
+def _context(ds, teacher, tmp_path, budget_s=60.0, accuracy_budget=100.0, min_agreement=0.0):
+    """The stage's context against an in-memory teacher (what for_stage builds from a saved baseline)."""
+    x, y = ds.split("val")
+    check = InStageCheck(x, y, keras_adapter.predict(teacher, x), ds.schema.task, accuracy_budget, min_agreement)
+    return passes.Context(ds, ds.split("train")[0][:16], check, tmp_path, search_budget_s=budget_s)
+
+
+def _search(teacher, ds, ctx, widths, epochs=1):
+    return distill.searched_student(teacher, ds, ctx, widths, temperature=4.0, alpha=0.1, epochs=epochs,
+                                    patience=5, seed=1)
+
+
+def test_a_tiny_time_budget_stops_after_the_first_point(digits_small, tmp_path):
+    teacher, ds = keras_adapter.load(digits_small["baseline"]), ds_mod.read(digits_small["dataset"])
+    width, kept, record = _search(teacher, ds, _context(ds, teacher, tmp_path, budget_s=1e-3), (0.75, 0.5, 0.25))
+    assert [p["setting"] for p in record["points"]] == ["0.75"] and width == 0.75
+    assert record["not_tried"] == ["0.5", "0.25"] and record["stopped"] == "time budget spent"
+    assert kept.parameters == kept.model.count_params()
+
+
+def test_when_no_width_passes_the_widest_is_kept_with_its_failed_check(digits_small, tmp_path):
+    teacher, ds = keras_adapter.load(digits_small["baseline"]), ds_mod.read(digits_small["dataset"])
+    ctx = _context(ds, teacher, tmp_path, accuracy_budget=0.0, min_agreement=1.0)  # one epoch cannot match it
+    width, kept, record = _search(teacher, ds, ctx, (0.5, 0.25))
+    # the widest failed, so no narrower one is worth training
+    assert [(p["setting"], p["passed"]) for p in record["points"]] == [("0.5", False)]
+    assert width == 0.5 and record["chosen"] is None and record["kept"] == "0.5"
+    assert "no width passed" in record["kept_failing"] and record["points"][0]["reason"]
+
+
+def test_the_same_seed_trains_the_same_student(digits_small):
+    teacher, ds = keras_adapter.load(digits_small["baseline"]), ds_mod.read(digits_small["dataset"])
+    probs = distill.soft_targets(teacher, ds.split("train")[0])
+    runs = [distill.distill_model(teacher, ds, width=0.25, temperature=4.0, alpha=0.1, epochs=2, seed=5,
+                                  teacher_probs=probs) for _ in range(2)]
+    (a, history_a), (b, history_b) = runs
+    assert history_a == history_b
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_plateau_halves_the_rate_then_stops_and_names_the_best_epoch():
+    plateau = recipe.Plateau(1e-3, patience=4)
+    rates, improved = [], []
+    for score in (0.5, 0.7, 0.7, 0.6, 0.7, 0.65, 0.9):
+        improved.append(plateau.update(score))
+        rates.append(plateau.learning_rate)
+        if plateau.stop:
+            break
+    assert improved == [True, True, False, False, False, False]  # 0.7 again is no gain; stopped before the 0.9
+    assert rates == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4] and plateau.best_epoch == 2
+    fixed = recipe.Plateau(1e-3, patience=None)  # the old recipe: every epoch, one rate
+    assert [fixed.update(s) for s in (0.5, 0.4, 0.3)] == [True, False, False]
+    assert not fixed.stop and fixed.learning_rate == 1e-3
+    summary = recipe.summary({"val_accuracy": [0.5, 0.7, 0.7], "learning_rate": [1e-3, 1e-3, 5e-4]}, "val_accuracy", 9)
+    assert summary["best_epoch"] == 2 and summary["stopped_early"] and summary["final_learning_rate"] == 5e-4
+
+
+def test_an_old_single_width_reads_as_a_one_point_search():
+    assert config.from_dict({"distill": {"student_width": 0.5}}).distill.student_width == [0.5]
+    assert config.from_dict({"distill": {"student_width": [0.5, 0.25]}}).distill.student_width == [0.5, 0.25]
+    assert config.RunConfig().distill.student_width == list(distill.WIDTHS)
+
+
+@pytest.mark.parametrize("widths, message", [
+    ([], "student_width is empty"),
+    ([0.5, 0.5], "names a width twice"),
+    ([0.5, 1.2], "larger than the teacher"),
+    ([0.0, 0.5], r"must be in \(0, 1\)"),
+    (["wide"], "must be float"),
+])
+def test_bad_widths_are_refused_with_a_clear_message(digits_small, tmp_path, widths, message):
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict({"distill": {"student_width": widths}})
+    if all(isinstance(w, float) for w in widths):
+        with pytest.raises(ConfigError, match=message):
+            distill.run(digits_small["baseline"], digits_small["dataset"], tmp_path / "d", student_width=widths)
+        assert not (tmp_path / "d").exists()
 
 
 def test_binary_student(cancer_small, tmp_path):

@@ -87,6 +87,9 @@ def test_mobilenet_goes_through_every_technique(mobilenet):
     assert variant.read(root / "pruned" / "pruned_50").extra["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
     student = variant.read(root / "distilled" / "student")
     assert student.extra["parameters"] < student.extra["teacher_parameters"]
+    searched = student.extra["search"]  # the width search ran on it, widest first; the narrowest passing is kept
+    assert searched["points"][0]["setting"] == "0.75" and len(searched["points"]) >= 2
+    assert student.params["student_width"] == min(p["width"] for p in searched["points"] if p["passed"])
 
 
 # --- loading and checks ------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_from_dict_on_arbitrary_mappings(raw):
 def test_from_dict_on_real_keys_with_arbitrary_values(raw):
     cfg = accepted_or_kfopt_error(config.from_dict, raw)
     if cfg is not None:  # accepted means usable: floats the run divides or compares with are finite
-        assert np.isfinite([cfg.verify.accuracy_budget, cfg.distill.student_width,
+        assert np.isfinite([cfg.verify.accuracy_budget, *cfg.distill.student_width,
                             cfg.train.learning_rate]).all()
 
 

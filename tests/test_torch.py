@@ -153,9 +153,31 @@ def test_distillation_into_a_narrower_torch_student(own, data, tmp_path):
     assert meta.extra["parameters"] < 0.5 * meta.extra["teacher_parameters"]
     program = torch_fmt.load_program(tmp_path / "d" / "student" / torch_fmt.FILENAME)
     assert program.state_dict["conv1.weight"].shape[0] == 16  # half of the teacher's 32 filters
-    assert meta.extra["best_val_accuracy"] == max(meta.extra["history"]["val_accuracy"])
+    assert meta.extra["recipe"]["best_val_accuracy"] == max(meta.extra["history"]["val_accuracy"])
+    assert meta.extra["recipe"]["epochs_run"] == len(meta.extra["history"]["val_accuracy"]) <= 3
+    assert [p["setting"] for p in meta.extra["search"]["points"]] == ["0.5"]
     assert variant.read(tmp_path / "d" / "student_onnx_fp32").status == "ok"
     assert variant.read(tmp_path / "d" / "student_tflite_int8").skipped
+
+
+def test_torch_width_search_asks_the_teacher_once_and_keeps_the_narrowest_passing(own, data, tmp_path,
+                                                                                  monkeypatch):
+    from kfopt import passes
+    from kfopt.optimize import torch_distill
+
+    calls = []
+    real = torch_distill.teacher_outputs
+    monkeypatch.setattr(torch_distill, "teacher_outputs", lambda t, ds: calls.append(1) or real(t, ds))
+    ds = ds_mod.read(data["std"])
+    ctx = passes.Context.for_stage(ds, own["dir"], 16, 100.0, 0.0, tmp_path)  # every student passes
+    width, kept, record = torch_distill.searched_student(adapter.load(own["dir"]), "digits_cnn", ds, ctx,
+                                                         (0.75, 0.5, 0.25), temperature=4.0, alpha=0.1, epochs=2,
+                                                         patience=5, seed=1)
+    assert calls == [1]  # one teacher pass for every width
+    assert [p["setting"] for p in record["points"]] == ["0.75", "0.25"] and width == 0.25 == float(record["kept"])
+    assert record["points"][0]["parameters"] > kept.parameters == record["points"][1]["parameters"]
+    assert kept.model.conv1.weight.shape[0] == 8  # a quarter of the teacher's 32 filters
+    assert all(p["passed"] and 1 <= p["epochs_run"] <= 2 and p["seconds"] > 0 for p in record["points"])
 
 
 def test_a_brought_program_is_not_pruned_or_distilled(resnet_pt2, data, tmp_path):

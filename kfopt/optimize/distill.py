@@ -1,17 +1,22 @@
-"""The distill stage: a smaller student learns from the trained baseline (the teacher), then int8.
+"""The distill stage: the narrowest student that still answers like the trained baseline (the teacher), then int8.
 
-The student is the teacher's own architecture with its filters/units scaled by `student_width`,
-rebuilt from the Keras config, so it works for models kfopt did not build (e.g. tf_keras.applications)
-as well as for its own. Which counts may shrink comes from the teacher's graph (kfopt.optimize.channels):
-the head, the input and every count tied to them keep their size, tied counts shrink together. A
-subclassed teacher has no graph to derive from: its student variants are skipped with that reason.
-Loss per batch:
+A student is the teacher's own architecture with its filters/units scaled by a width, rebuilt from the
+Keras config, so it works for models kfopt did not build (e.g. tf_keras.applications) as well as for its
+own. Which counts may shrink comes from the teacher's graph (kfopt.optimize.channels): the head, the
+input and every count tied to them keep their size, tied counts shrink together. A subclassed teacher
+has no graph to derive from: its student variants are skipped with that reason.
+
+The width is searched (kfopt.optimize.student_search): `distill.student_width` is the space, tried by
+bisection from the widest within `search.time_budget_s`; the narrowest student that passes the in-stage
+check is kept, and every width tried is recorded in its kfopt.json (`extra["search"]`). Loss per batch:
 
     alpha * CE(labels, student) + (1 - alpha) * T^2 * CE(teacher_T, student_T)
 
 where *_T are the distributions softened at temperature T (from log-probabilities, as the models end
-in softmax/sigmoid). The teacher's probabilities on the training split are computed once. The
-weights with the best validation accuracy are kept. Variants:
+in softmax/sigmoid). The teacher's probabilities on the training split are computed once per stage and
+shared by every width. Each student trains to early stopping on validation accuracy with the learning
+rate halved on plateaus (kfopt.optimize.recipe), `distill.epochs` at most, best weights restored, seeded
+from the baseline's training seed. Variants (of the kept student only):
 
     student              fp32 SavedModel
     student_tflite_int8  its full-integer int8 TFLite
@@ -33,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from kfopt import frameworks, passes, variant
+from kfopt import frameworks, passes, search, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.errors import ModelError
 from kfopt.export import child_meta
-from kfopt.optimize import channels, checks
+from kfopt.optimize import channels, checks, recipe, student_search
 from kfopt.passes import FINE_TUNE_BATCH, onnx_export, ort_int8, tflite_int8
 from kfopt.passes.check import SWITCHED_OFF, write_skipped
 
@@ -45,7 +50,11 @@ from kfopt.passes.check import SWITCHED_OFF, write_skipped
 CHAIN = (("tflite_int8",), ("onnx_export", "ort_int8"))
 #: the frameworks whose layer graph a student is derived from here
 DISTILLS = ("keras",)
-LEARNING_RATE = 1e-3
+#: the default width search space (distill.student_width), widest first
+WIDTHS = (0.75, 0.5, 0.25)
+LEARNING_RATE = 1e-3  # the start: it halves on validation plateaus (kfopt.optimize.recipe)
+PATIENCE = 5
+SCHEDULE = "Adam, halved after patience/2 epochs without a better validation accuracy; stop after patience"
 EPS = 1e-7
 
 
@@ -129,9 +138,25 @@ def _losses(task: str, temperature: float, alpha: float):
     return loss
 
 
+def soft_targets(teacher, x: np.ndarray) -> np.ndarray:
+    """The teacher's probabilities on the training rows: computed once per stage, shared by every width tried.
+
+    They are of the rows as stored: an augmented training split (kfopt.data.augment) holds its augmented
+    copies as rows, so each copy has its own target; nothing is augmented on the fly here.
+    """
+    from kfopt.frameworks import keras as adapter
+
+    return adapter.predict(teacher, x)
+
+
 def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: float, alpha: float, epochs: int,
-                  seed: int = 1):
-    """Train the student; returns (student with its best validation weights, history)."""
+                  patience: int | None = PATIENCE, seed: int = 1, teacher_probs: np.ndarray | None = None):
+    """Train the student to early stopping; returns (student with its best validation weights, history).
+
+    `epochs` is the most it trains; it stops after `patience` epochs without a better validation accuracy
+    (None: runs them all), the learning rate halving on plateaus (kfopt.optimize.recipe). The same seed gives
+    the same student. `teacher_probs` are the teacher's outputs on the training split (soft_targets).
+    """
     from kfopt import verify
     from kfopt.frameworks import keras as adapter
     from kfopt.tfenv import keras, tf
@@ -140,9 +165,11 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
     k.utils.set_random_seed(seed)
     student = student_like(teacher, width)
     (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
-    teacher_probs = adapter.predict(teacher, xt)
+    if teacher_probs is None:
+        teacher_probs = soft_targets(teacher, xt)
     data = (t.data.Dataset.from_tensor_slices((xt, yt, teacher_probs)).shuffle(len(xt), seed=seed)
             .batch(FINE_TUNE_BATCH))
+    plateau = recipe.Plateau(LEARNING_RATE, patience)
     optimizer = k.optimizers.Adam(LEARNING_RATE)
     loss_fn = _losses(ds.schema.task, temperature, alpha)
 
@@ -153,17 +180,40 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
         optimizer.apply_gradients(zip(tape.gradient(loss, student.trainable_variables), student.trainable_variables))
         return loss
 
-    history: dict[str, list[float]] = {"loss": [], "val_accuracy": []}
-    best, best_weights = -1.0, student.get_weights()
+    history: dict[str, list[float]] = {"loss": [], "val_accuracy": [], "learning_rate": []}
+    best_weights = student.get_weights()
     for _ in range(epochs):
+        optimizer.learning_rate.assign(plateau.learning_rate)
+        history["learning_rate"].append(plateau.learning_rate)
         losses = [float(step(x, y, tp)) for x, y, tp in data]
         acc = verify.quality(adapter.predict(student, xv), yv, ds.schema.task)["accuracy"]
         history["loss"].append(float(np.mean(losses)))
         history["val_accuracy"].append(acc)
-        if acc > best:
-            best, best_weights = acc, student.get_weights()
+        if plateau.update(acc):
+            best_weights = student.get_weights()
+        if plateau.stop:
+            break
     student.set_weights(best_weights)
     return student, history
+
+
+def searched_student(teacher, ds: ds_mod.Dataset, ctx: passes.Context, widths: tuple[float, ...], *,
+                     temperature: float, alpha: float, epochs: int, patience: int, seed: int):
+    """(kept width, its Student, the search record): kfopt.optimize.student_search over Keras students,
+    all trained on one set of teacher outputs."""
+    from kfopt.frameworks import keras as adapter
+
+    started = time.perf_counter()
+    probs = soft_targets(teacher, ds.split("train")[0])
+    teacher_seconds = round(time.perf_counter() - started, 2)
+
+    def train(width: float) -> student_search.Student:
+        student, history = distill_model(teacher, ds, width=width, temperature=temperature, alpha=alpha,
+                                         epochs=epochs, patience=patience, seed=seed, teacher_probs=probs)
+        return student_search.Student(student, int(student.count_params()), history,
+                                      adapter.predict(student, ctx.check.x))
+
+    return student_search.search(widths, train, ctx, epochs, teacher_outputs_seconds=teacher_seconds)
 
 
 def variants(parent: variant.VariantMeta) -> list[tuple[str, str, str]]:
@@ -180,26 +230,31 @@ def why_not(parent: variant.VariantMeta) -> str | None:
     return f"kfopt derives students from {'/'.join(DISTILLS)} layer graphs; this model is {parent.framework}"
 
 
-def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True, student_width: float = 0.5,
-        temperature: float = 4.0, alpha: float = 0.1, epochs: int = 30, calibration_samples: int = 200,
-        accuracy_budget: float = 0.5, min_agreement: float = 0.97, confidence: float = 0.95,
-        fallback_max_attempts: int = 3,
-        opset: int = 17, ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: tuple[int, ...] = (1,),
-        bench_batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
-    checks.distill(student_width, temperature, alpha, epochs)
+def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool = True,
+        student_width: float | tuple[float, ...] = WIDTHS, temperature: float = 4.0, alpha: float = 0.1,
+        epochs: int = 30, patience: int = PATIENCE, calibration_samples: int = 200, accuracy_budget: float = 0.5,
+        min_agreement: float = 0.97, fallback_max_attempts: int = 3, opset: int = 17,
+        ort_search: tuple[str, ...] = ort_int8.SEARCH, bench_threads: tuple[int, ...] = (1,),
+        bench_batch_sizes: tuple[int, ...] = (1, 64), search_time_budget_s: float = 60.0,
+        confidence: float = 0.95) -> dict[str, Any]:
+    """The kept student of the width search and its CHAIN under `out_dir` (`student_width`: the widths
+    to search, or one width)."""
+    widths = checks.distill(student_width, temperature, alpha, epochs, patience)
     checks.budget(accuracy_budget, min_agreement, fallback_max_attempts)
     configs = {"tflite_int8": tflite_int8.Config(fallback_max_attempts, calibration_samples),
                "onnx_export": onnx_export.Config(opset),
                "ort_int8": ort_int8.Config(fallback_max_attempts, tuple(ort_search), bench_threads[0],
                                            tuple(bench_batch_sizes))}
     parent = variant.read(baseline_dir)
+    recipe_params = {"temperature": temperature, "alpha": alpha, "epochs": epochs, "patience": patience,
+                     "learning_rate": LEARNING_RATE, "schedule": SCHEDULE, "searched_widths": list(widths)}
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "distill"):
         from kfopt.optimize import torch_distill  # kfopt's own torch model: a narrower torch student
 
-        return torch_distill.run(baseline_dir, dataset_dir, out_dir, student_width=student_width,
-                                 temperature=temperature, alpha=alpha, epochs=epochs,
+        return torch_distill.run(baseline_dir, dataset_dir, out_dir, widths=widths, recipe_params=recipe_params,
                                  calibration_samples=calibration_samples, accuracy_budget=accuracy_budget,
-                                 min_agreement=min_agreement, confidence=confidence, configs=configs, chain=CHAIN)
+                                 min_agreement=min_agreement, confidence=confidence,
+                                 search_time_budget_s=search_time_budget_s, configs=configs, chain=CHAIN)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         reason = SWITCHED_OFF if not enabled else why_not(parent)
         if reason:
@@ -213,23 +268,31 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
             return {"variants": 0}
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       confidence=confidence)
+                                       search_time_budget_s, confidence)
         start = time.perf_counter()
-        student, history = distill_model(teacher, ds, width=student_width, temperature=temperature, alpha=alpha,
-                                         epochs=epochs)
-        from kfopt import verify
-
-        xt, yt = ds.split("test")
-        test_acc = verify.quality(adapter.predict(student, xt), yt, ds.schema.task)["accuracy"]
-        meta = child_meta(parent, "student", technique="distill", params={
-            "student_width": student_width, "temperature": temperature, "alpha": alpha, "epochs": epochs,
-            "learning_rate": LEARNING_RATE}, extra={
-            "parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
-            "test_accuracy": test_acc, "best_val_accuracy": max(history["val_accuracy"]), "history": history})
-        adapter.save(student, tmp / "student")
+        seed = int(parent.params.get("seed", 1))
+        width, kept, record = searched_student(teacher, ds, ctx, widths, temperature=temperature, alpha=alpha,
+                                               epochs=epochs, patience=patience, seed=seed)
+        meta = student_meta(parent, kept, width, int(teacher.count_params()), ds, adapter,
+                            {**recipe_params, "seed": seed}, record)
+        adapter.save(kept.model, tmp / "student")
         variant.write(tmp / "student", meta)
         ctx.check.record(tmp / "student")
         seconds = round(time.perf_counter() - start, 2)
         made = passes.follow(CHAIN, tmp / "student", tmp, ctx, configs)
-    return {"student_parameters": int(student.count_params()), "teacher_parameters": int(teacher.count_params()),
-            "student_test_accuracy": test_acc, "distill_seconds": seconds, "variants": 1 + len(made)}
+    return {"student_width": width, "widths_tried": len(record["points"]), "student_parameters": kept.parameters,
+            "teacher_parameters": meta.extra["teacher_parameters"], "student_test_accuracy": meta.extra["test_accuracy"],
+            "distill_seconds": seconds, "variants": 1 + len(made)}
+
+
+def student_meta(parent: variant.VariantMeta, kept: student_search.Student, width: float, teacher_parameters: int,
+                 ds: ds_mod.Dataset, adapter, params: dict[str, Any], record: dict[str, Any]) -> variant.VariantMeta:
+    """The kept student's kfopt.json: its width and recipe, how its training went, every width tried."""
+    from kfopt import verify
+
+    xt, yt = ds.split("test")
+    test_acc = verify.quality(adapter.predict(kept.model, xt), yt, ds.schema.task)["accuracy"]
+    return child_meta(parent, "student", technique="distill", params={"student_width": width, **params}, extra={
+        "parameters": kept.parameters, "teacher_parameters": teacher_parameters, "test_accuracy": test_acc,
+        "recipe": recipe.summary(kept.history, student_search.MONITOR, params["epochs"]), "history": kept.history,
+        search.KEY: record})

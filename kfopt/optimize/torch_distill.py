@@ -1,16 +1,21 @@
-"""Distillation for kfopt's own torch models: a narrower student of the same architecture learns from the
-baseline, and the fine-tune that recovers a pruned torch model (kfopt.optimize.torch_prune) uses the same loss.
+"""Distillation for kfopt's own torch models: the narrowest student of the same architecture that still answers
+like the baseline, and the fine-tune that recovers a pruned torch model (kfopt.optimize.torch_prune) uses the same
+loss.
 
-The student is `torch_architectures.build(architecture, width=student_width)`: the same layers with
-`student_width` of the filters/units. Its loss mixes the labels' cross-entropy (weight `alpha`) with the
-teacher's outputs softened by `temperature` (Hinton's KD, scaled by T²); the epoch with the best
-validation accuracy is kept, as for a Keras student. Then the distill stage's CHAIN follows (ONNX export
-→ ORT int8; TFLite int8 is skipped with the reason, a torch student has no direct TFLite path).
+A student is `torch_architectures.build(architecture, width=...)`: the same layers with that fraction of the
+filters/units; the width is searched as for a Keras student (kfopt.optimize.student_search: bisection from the
+widest, the narrowest passing the in-stage check kept). Its loss mixes the labels' cross-entropy (weight
+`alpha`) with the teacher's outputs softened by `temperature` (Hinton's KD, scaled by T²). The teacher's
+outputs are computed once per stage (`teacher_outputs`) and shared by every width; each student trains to
+early stopping on validation accuracy with the learning rate halved on plateaus (kfopt.optimize.recipe),
+best weights restored, seeded from the baseline's training seed. Then the distill stage's CHAIN follows
+(ONNX export → ORT int8; TFLite int8 is skipped with the reason, a torch student has no direct TFLite path).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -18,41 +23,76 @@ from typing import Any
 
 import numpy as np
 
-from kfopt import passes, variant, verify
+from kfopt import passes, search, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
+from kfopt.optimize import recipe, student_search
 from kfopt.passes import FINE_TUNE_BATCH
 
 LEARNING_RATE = 1e-3
 
 
+@dataclasses.dataclass
+class TeacherOutputs:
+    """What a student learns from and is kept by: the teacher's logits on the training rows (as stored: an
+    augmented split's copies are rows of their own) and its answers on the validation rows."""
+
+    train_logits: Any  # torch.Tensor
+    val_answers: Any  # torch.Tensor
+
+
+def _answers(module, inputs, binary: bool):
+    import torch
+
+    with torch.no_grad():
+        z = module.logits(inputs)
+    return (z.squeeze(-1) > 0).long() if binary else z.argmax(-1)
+
+
+def _tensors(ds: ds_mod.Dataset, split: str):
+    import torch
+
+    x, y = ds.split(split)
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def teacher_outputs(teacher, ds: ds_mod.Dataset) -> TeacherOutputs:
+    """The teacher run once over the training and validation splits."""
+    import torch
+
+    teacher.eval()
+    with torch.no_grad():
+        logits = teacher.logits(_tensors(ds, "train")[0])
+    return TeacherOutputs(logits, _answers(teacher, _tensors(ds, "val")[0], ds.schema.task == "binary"))
+
+
 def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int, temperature: float,
-                 alpha: float, keep: str = "accuracy") -> dict[str, list[float]]:
+                 alpha: float, keep: str = "accuracy", patience: int | None = None,
+                 targets: TeacherOutputs | None = None) -> dict[str, list[float]]:
     """Train `student` on the labels (weight `alpha`) and `teacher`'s softened outputs; keep the epoch with the
-    best validation `keep` ("accuracy", or "agreement" with the teacher). Returns both per epoch."""
+    best validation `keep` ("accuracy", or "agreement" with the teacher). Returns both per epoch.
+
+    `patience` None runs every epoch at a constant learning rate; a number stops after that many epochs
+    without a better `keep`, the rate halving on plateaus (kfopt.optimize.recipe). `targets` are the
+    teacher's outputs computed once (teacher_outputs); without them the teacher runs here.
+    """
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
     binary = ds.schema.task == "binary"
-    (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
-    x, y = torch.from_numpy(np.ascontiguousarray(xt, np.float32)), torch.from_numpy(yt.astype(np.int64))
-    x_val, y_val = torch.from_numpy(np.ascontiguousarray(xv, np.float32)), torch.from_numpy(yv.astype(np.int64))
-
-    def answers(module, inputs):
-        with torch.no_grad():
-            z = module.logits(inputs)
-        return (z.squeeze(-1) > 0).long() if binary else z.argmax(-1)
-
-    teacher.eval()
-    with torch.no_grad():
-        soft = teacher.logits(x) / temperature
-    teacher_val = answers(teacher, x_val)
+    (x, y), (x_val, y_val) = _tensors(ds, "train"), _tensors(ds, "val")
+    targets = targets or teacher_outputs(teacher, ds)
+    soft = targets.train_logits / temperature
+    plateau = recipe.Plateau(LEARNING_RATE, patience)
     optimizer = torch.optim.Adam(student.parameters(), lr=LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
-    history: dict[str, list[float]] = {"val_accuracy": [], "val_agreement": []}
-    best, best_state = -1.0, None
+    history: dict[str, list[float]] = {"val_accuracy": [], "val_agreement": [], "learning_rate": []}
+    best_state = None
     for _ in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = plateau.learning_rate
+        history["learning_rate"].append(plateau.learning_rate)
         student.train()
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(order), FINE_TUNE_BATCH):
@@ -68,48 +108,77 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
             (alpha * hard + (1 - alpha) * kd * temperature ** 2).backward()
             optimizer.step()
         student.eval()
-        got = answers(student, x_val)
+        got = _answers(student, x_val, binary)
         history["val_accuracy"].append(round(float((got == y_val).float().mean()), 4))
-        history["val_agreement"].append(round(float((got == teacher_val).float().mean()), 4))
-        if history[f"val_{keep}"][-1] > best:
-            best, best_state = history[f"val_{keep}"][-1], copy.deepcopy(student.state_dict())
+        history["val_agreement"].append(round(float((got == targets.val_answers).float().mean()), 4))
+        if plateau.update(history[f"val_{keep}"][-1]):
+            best_state = copy.deepcopy(student.state_dict())
+        if plateau.stop:
+            break
     if best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
     return history
 
 
-def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, student_width: float, temperature: float,
-        alpha: float, epochs: int, calibration_samples: int, accuracy_budget: float, min_agreement: float,
-        confidence: float,
-        configs: dict[str, Any], chain) -> dict[str, Any]:
-    """The student of the torch baseline at `baseline_dir`, then `chain`, under `out_dir`."""
+def _count(module) -> int:
+    return sum(int(p.numel()) for p in module.parameters())
+
+
+def searched_student(teacher, architecture: str, ds: ds_mod.Dataset, ctx: passes.Context,
+                     widths: tuple[float, ...], *, temperature: float, alpha: float, epochs: int, patience: int,
+                     seed: int):
+    """(kept width, its Student, the search record) over torch students of `architecture`."""
+    import torch
+
     from kfopt.frameworks import torch as adapter
     from kfopt.models import torch_architectures
+
+    started = time.perf_counter()
+    targets = teacher_outputs(teacher, ds)
+    teacher_seconds = round(time.perf_counter() - started, 2)
+
+    def train(width: float) -> student_search.Student:
+        torch.manual_seed(seed)  # the same initial weights for the same width and seed
+        student = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
+        history = distill_into(student, teacher, ds, epochs=epochs, seed=seed, temperature=temperature,
+                               alpha=alpha, patience=patience, targets=targets)
+        return student_search.Student(student, _count(student), history, adapter.predict(student, ctx.check.x))
+
+    return student_search.search(widths, train, ctx, epochs, teacher_outputs_seconds=teacher_seconds)
+
+
+def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, widths: tuple[float, ...],
+        recipe_params: dict[str, Any], calibration_samples: int, accuracy_budget: float, min_agreement: float,
+        confidence: float, search_time_budget_s: float, configs: dict[str, Any], chain) -> dict[str, Any]:
+    """The kept student of the torch baseline at `baseline_dir`, then `chain`, under `out_dir`.
+
+    `recipe_params` are the distill stage's checked settings (temperature, alpha, epochs, patience, ...)."""
+    from kfopt.frameworks import torch as adapter
 
     parent = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       confidence=confidence)
+                                       search_time_budget_s, confidence)
         start = time.perf_counter()
         teacher = adapter.load(baseline_dir)
-        student = torch_architectures.build(parent.params["architecture"], ds.schema.feature_shape,
-                                            ds.schema.num_classes, student_width)
-        history = distill_into(student, teacher, ds, epochs=epochs, seed=int(parent.params.get("seed", 1)),
-                               temperature=temperature, alpha=alpha)
+        seed = int(parent.params.get("seed", 1))
+        width, kept, record = searched_student(
+            teacher, parent.params["architecture"], ds, ctx, widths, seed=seed,
+            **{k: recipe_params[k] for k in ("temperature", "alpha", "epochs", "patience")})
         xt, yt = ds.split("test")
-        test_acc = verify.quality(adapter.predict(student, xt), yt, ds.schema.task)["accuracy"]
-        count = lambda m: sum(int(p.numel()) for p in m.parameters())  # noqa: E731
+        test_acc = verify.quality(adapter.predict(kept.model, xt), yt, ds.schema.task)["accuracy"]
         meta = child_meta(parent, "student", technique="distill", params={
-            "student_width": student_width, "temperature": temperature, "alpha": alpha, "epochs": epochs,
-            "learning_rate": LEARNING_RATE}, extra={
-            "parameters": count(student), "teacher_parameters": count(teacher), "test_accuracy": test_acc,
-            "best_val_accuracy": max(history["val_accuracy"]), "history": history})
-        adapter.save(student, tmp / "student")
+            "student_width": width, **recipe_params, "learning_rate": LEARNING_RATE, "seed": seed}, extra={
+            "parameters": kept.parameters, "teacher_parameters": _count(teacher), "test_accuracy": test_acc,
+            "recipe": recipe.summary(kept.history, student_search.MONITOR, recipe_params["epochs"]),
+            "history": kept.history, search.KEY: record})
+        adapter.save(kept.model, tmp / "student")
         variant.write(tmp / "student", meta)
         ctx.check.record(tmp / "student")
         seconds = round(time.perf_counter() - start, 2)
         made = passes.follow(chain, tmp / "student", tmp, ctx, configs)
-    return {"student_parameters": count(student), "teacher_parameters": count(teacher),
-            "student_test_accuracy": test_acc, "distill_seconds": seconds, "variants": 1 + len(made)}
+    return {"student_width": width, "widths_tried": len(record["points"]), "student_parameters": kept.parameters,
+            "teacher_parameters": _count(teacher), "student_test_accuracy": test_acc, "distill_seconds": seconds,
+            "variants": 1 + len(made)}
