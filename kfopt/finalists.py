@@ -39,18 +39,27 @@ class Plan:
     def make(cls, targets: list[str], objectives: dict[str, str] | None, counts: list[int], deployment: str,
              hardware: str, finalists: int, gain: float, steps: int) -> "Plan":
         from kfopt import deployment as deploy_mod
+        from kfopt.errors import ConfigError
 
-        placed = deploy_mod.load(deployment) if deployment and targets else None
+        placed, source = None, "this node's CPUs (no deployment file)"
+        if deployment and targets:
+            try:
+                placed, source = deploy_mod.load(deployment), f"deployment {deployment}"
+            except ConfigError as err:  # a file given by path at compile time need not exist in this pod
+                source = f"this node's CPUs (deployment {deployment} not readable here: {err})"
         serving = {}
         for target in targets:
             if select.TARGET_HARDWARE.get(target) != hardware:
                 continue
             if target not in deploy_mod.CORE_TARGETS:
-                serving[target] = {"cores": None, "threads": [counts[0]]}
+                serving[target] = {"cores": None, "threads": [counts[0]], "source": "an accelerator target: "
+                                   "the first thread count"}
                 continue
             cores = placed.cores_for(target) if placed else deploy_mod.node_cores()
             allowed = sorted({counts[0], cores, *(t for t in counts if t <= cores)})
-            serving[target] = {"cores": cores, "threads": allowed}
+            serving[target] = {"cores": cores, "threads": allowed,
+                               "source": source if not placed or target in placed.cores else
+                               f"deployment {deployment} gives no cores for {target}: this node's CPUs"}
         return cls(serving, {**select.DEFAULT_OBJECTIVES, **(objectives or {})}, counts[0], finalists, gain, steps)
 
     def work(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:

@@ -102,7 +102,7 @@ def describe(row: dict[str, Any], objective: str, threads: str | None = None, ba
     if kind == "latency":
         return f"p50 {stats['p50_ms']:.3f} ms at {where}"
     sweep = measurements(row).get(threads, {}).get("sweep")
-    swept = (f"; batch sweep {sweep['points'][0]['batch']}–{sweep['points'][-1]['batch']}: {sweep['stopped']}"
+    swept = (f" (batch sweep {sweep['points'][0]['batch']}–{sweep['points'][-1]['batch']}: {sweep['stopped']})"
              if sweep and sweep.get("points") else "")
     return f"{stats['throughput']:.0f} samples/s at {where}{swept}"
 

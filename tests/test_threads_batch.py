@@ -69,6 +69,19 @@ def test_bad_cores_in_a_deployment_file_fail_clearly(tmp_path, targets, match):
         deployment.load(str(_deployment(tmp_path, targets)))
 
 
+def test_thread_counts_per_target_come_from_the_serving_node(tmp_path):
+    from kfopt import finalists
+
+    plan = finalists.Plan.make(["cpu", "edge", "gpu"], None, [1, 4, 16], str(_deployment(tmp_path, {"cpu": {"cores": 8}})),
+                               "cpu", 2, 0.05, 2)
+    assert plan.serving["cpu"]["threads"] == [1, 4, 8]  # 16 is more than the node's 8 cores
+    assert plan.serving["edge"]["cores"] == deployment.node_cores()  # not in the file: this node's
+    assert "gpu" not in plan.serving  # measured by the gpu pool's benchmark, at the first thread count
+    missing = finalists.Plan.make(["cpu"], None, [1], str(tmp_path / "gone.yaml"), "cpu", 2, 0.05, 2)
+    assert missing.serving["cpu"]["cores"] == deployment.node_cores()
+    assert "not readable here" in missing.serving["cpu"]["source"]
+
+
 def test_doubling_batches_up_to_the_cap_and_a_static_program():
     assert saturation.doubling(64) == [1, 2, 4, 8, 16, 32, 64]
     assert saturation.doubling(100) == [1, 2, 4, 8, 16, 32, 64, 100]
@@ -172,8 +185,8 @@ def swept(tmp_path_factory):
 
 
 def test_a_finalist_is_timed_at_two_thread_counts_and_swept_to_a_best_batch(swept):
-    summary, _, _ = swept
-    assert summary["serving"] == {"cpu": {"cores": 2, "threads": [1, 2]}}
+    summary, _, out = swept
+    assert summary["serving"] == {"cpu": {"cores": 2, "threads": [1, 2], "source": f"deployment {out.parent / 'dep.yaml'}"}}
     assert summary["settings"]["threads"] == [1]
     rows = {r["name"]: r for r in summary["results"]}
     finalists = [r for r in rows.values() if set(r["by_threads"]) == {"1", "2"}]
