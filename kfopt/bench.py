@@ -128,10 +128,11 @@ class _Timer:
         self.rng = np.random.default_rng(0)
 
     def __call__(self, bs: int) -> dict[str, float]:
-        np.save(batch_predictions_path(self.out, bs), predict_at_batch(self.runner, self.x, bs))
+        answers = predict_at_batch(self.runner, self.x, bs)
         batch = self.x[self.rng.choice(len(self.x), size=bs, replace=bs > len(self.x))]
         stats = time_calls(lambda: self.runner.predict(batch), **self.timing)
         stats["throughput"] = bs / (stats["p50_ms"] / 1e3)
+        np.save(batch_predictions_path(self.out, bs), answers)  # only for a batch that was timed: it is verified
         return stats
 
 
@@ -150,7 +151,8 @@ def sweep_batches(timer: Callable[[int], dict[str, float]], latency: dict[str, A
             try:
                 stats = latency[str(bs)] = timer(bs)
             except Exception as exc:  # noqa: BLE001 - out of memory or a runtime's limit: the sweep ends below it
-                stopped = f"batch {bs} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
+                lines = str(exc).strip().splitlines()
+                stopped = f"batch {bs} failed: {lines[-1] if lines else type(exc).__name__}"
                 break
         points.append({"batch": bs, "throughput": stats["throughput"], "p50_ms": stats["p50_ms"]})
         best, stop = saturation.best_and_stop([p["throughput"] for p in points], gain, steps)

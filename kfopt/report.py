@@ -126,8 +126,8 @@ def _threads_cell(row: dict[str, Any]) -> str:
     if len(timed) < 2:
         return "—"
     batch = min(int(b) for m in timed.values() for b in m.get("latency", {}))
-    cells = [f"{t}t {m['latency'][str(batch)]['p50_ms']:.3f}" for t, m in sorted(timed.items(), key=lambda kv: int(kv[0]))
-             if str(batch) in m.get("latency", {})]
+    cells = [f"{t}t {m['latency'][str(batch)]['p50_ms']:.3f}"
+             for t, m in sorted(timed.items(), key=lambda kv: int(kv[0])) if str(batch) in m.get("latency", {})]
     return (f"@{batch}: " if batch != 1 else "") + " · ".join(cells)
 
 
