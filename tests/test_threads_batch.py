@@ -222,3 +222,20 @@ def test_select_and_report_name_the_threads_and_batch_measured(swept):
     table = {r[0]: r for r in report.table_rows({"rows": rows})}
     assert table[chosen["name"]][-2].startswith("1t ") and " · 2t " in table[chosen["name"]][-2]
     assert table[chosen["name"]][-1].split()[0] in {str(p) for p in saturation.doubling(16)}
+
+
+def test_the_sweep_reuses_known_batches_and_ends_below_a_batch_that_fails():
+    """A constructed throughput curve (samples/s = 100 × batch) through bench.sweep_batches' loop."""
+    timed = []
+
+    def timer(bs):
+        timed.append(bs)
+        if bs == 16:
+            raise MemoryError("could not allocate the batch")
+        return {"p50_ms": 10.0, "throughput": 100.0 * bs}
+
+    latency = {}
+    sweep = bench.sweep_batches(timer, latency, {"1": {"p50_ms": 10.0, "throughput": 100.0}}, 64, 0.05, 2)
+    assert timed == [2, 4, 8, 16]  # batch 1 was known: not timed again
+    assert [p["batch"] for p in sweep["points"]] == [1, 2, 4, 8] and sweep["best_batch"] == 8
+    assert sweep["stopped"] == "batch 16 failed: could not allocate the batch" and set(latency) == {"2", "4", "8"}
