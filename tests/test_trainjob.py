@@ -154,7 +154,8 @@ class TrainerStandIn:
                                                      "forbidden: cannot get resource at the cluster scope"}
             if name not in self.runtimes:
                 return self.not_found(f'clustertrainingruntimes.trainer.kubeflow.org "{name}" not found')
-            return 200, {"apiVersion": trainjob.API_VERSION, "kind": "ClusterTrainingRuntime", "metadata": {"name": name}}
+            return 200, {"apiVersion": trainjob.API_VERSION, "kind": "ClusterTrainingRuntime",
+                         "metadata": {"name": name}}
         parts = route.removeprefix(BASE + "/").split("/")  # namespaces/<ns>/trainjobs[/<name>]
         key = (parts[1], parts[3] if len(parts) > 3 else body["metadata"]["name"])
         if method == "POST":
@@ -322,10 +323,10 @@ def test_tf_config_of_a_node_comes_from_its_index_the_jobset_hostnames_and_the_p
     env = {"KFOPT_NUM_NODES": "3", "KFOPT_NODE_INDEX": "2", "KFOPT_JOBSET_NAME": "kfopt-train-ab",
            "KFOPT_TF_PORT": "2222"}
     assert json.loads(keras_mwms.trainer_tf_config(env)) == {
-        "cluster": {"worker": ["kfopt-train-ab-node-0-0.kfopt-train-ab:2222", "kfopt-train-ab-node-0-1.kfopt-train-ab:2222",
-                               "kfopt-train-ab-node-0-2.kfopt-train-ab:2222"]},
+        "cluster": {"worker": [f"kfopt-train-ab-node-0-{i}.kfopt-train-ab:2222" for i in range(3)]},
         "task": {"type": "worker", "index": 2}}
-    job = {"metadata": {"name": "kfopt-train-ab"}, "spec": {"trainer": {"env": [{"name": "KFOPT_NUM_NODES", "value": "3"}]}}}
+    job = {"metadata": {"name": "kfopt-train-ab"},
+           "spec": {"trainer": {"env": [{"name": "KFOPT_NUM_NODES", "value": "3"}]}}}
     assert runtime_env(job, 2) == env, "the shipped runtime gives exactly what trainer_tf_config reads"
     with pytest.raises(ConfigError, match="lacks KFOPT_NUM_NODES.*kubectl apply -k manifests/trainer"):
         keras_mwms.trainer_tf_config({**env, "KFOPT_NUM_NODES": ""})

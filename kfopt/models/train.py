@@ -70,7 +70,7 @@ def curves_html(history: dict[str, list[float]]) -> str:
 
 def on_trainjob(dataset_dir: Path, out_dir: Path, *, framework: str, workers: int, namespace: str, timeout_s: float,
                 deployment: str, api_client=None, **hyper: Any) -> dict[str, Any]:
-    """`train.engine: trainjob`: N nodes of a Kubeflow Trainer TrainJob on the deployment's gpu pool (kfopt.trainjob)."""
+    """`train.engine: trainjob`: N nodes of a Kubeflow Trainer TrainJob on the deployment's gpu pool."""
     from kfopt import deployment as deploy_mod
     from kfopt import trainjob
 
