@@ -3,6 +3,8 @@
 The pipeline code stays the same for every cluster; a deployment file says which image and node pool
 each stage gets. Everything is validated when the file is loaded, so a typo in a node selector or a
 TPU topology fails at `kfopt compile` with one sentence instead of as a pod stuck in Pending.
+The optional `targets` section says how many cores each CPU target's serving node has; the benchmark times
+the finalists at that thread count (kfopt.finalists).
 This module is a plain library (YAML + dataclasses): it does not import kfp.
 """
 
