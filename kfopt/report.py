@@ -320,6 +320,8 @@ def html_page(report: dict[str, Any], md: str) -> str:
     details = "".join(f"<li>{esc(line)}</li>" for line in technique_details(report))
     failed = "".join(f"<li>{esc(line)}</li>" for line in failures(report))
     failed = f"<h2>Failed (the run went on without them)</h2><ul>{failed}</ul>" if failed else ""
+    unsure = "".join(f"<li>{esc(line)}</li>" for line in undecided(report))
+    unsure = f"<h2>{TOO_FEW_HEADING}</h2><ul>{unsure}</ul>" if unsure else ""
     env = "".join(f"<li>{esc(hw)}: <code>{esc(json.dumps(e))}</code></li>" for hw, e in report["environments"].items())
     times = ""
     if report.get("stage_times"):
@@ -348,7 +350,7 @@ accuracy budget {report['budget']['accuracy_budget_pp']} pp; min top-1 agreement
 <h2>Leaderboard</h2><table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>{failed}
 <p>Pareto front: {esc(', '.join(report['pareto']) or '—')}</p>
 <h2>Not measured or rejected</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in not_measured(report))}</ul>
-<h2>{TOO_FEW_HEADING}</h2><ul>{''.join(f'<li>{esc(line)}</li>' for line in undecided(report)) or '<li>none</li>'}</ul>
+{unsure}
 <h2>Plots</h2>{imgs}<h2>Technique details</h2><ul>{details}</ul>{report_search.html(report)}{times}
 <h2>Environment</h2><ul>{env}</ul></body></html>"""
 

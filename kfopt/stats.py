@@ -66,7 +66,7 @@ def paired_delta(correct: np.ndarray, base_correct: np.ndarray, confidence: floa
     wins, losses = int((correct & ~base_correct).sum()), int((~correct & base_correct).sum())
     counts = np.random.default_rng(seed).multinomial(n, [wins / n, losses / n, 1 - (wins + losses) / n],
                                                      size=resamples)
-    deltas = (counts[:, 0] - counts[:, 1]) * (100.0 / n)
+    deltas = (counts[:, 0] - counts[:, 1]) * 100.0 / n  # the same arithmetic as the point estimate's
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(deltas, [tail, 1 - tail], method="inverted_cdf")
     return {"accuracy_delta_pp": (wins - losses) * 100.0 / n, "delta_ci_pp": [float(lo), float(hi)],

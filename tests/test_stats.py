@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfopt import config, report, stats, verify
 from kfopt.errors import ConfigError
@@ -74,6 +76,21 @@ def test_coverage_on_simulated_data():
         lo, hi = stats.paired_delta(~loss, ~win, 0.95, resamples=2000, seed=seed)["delta_ci_pp"]
         hits += lo <= true <= hi
     assert 0.92 <= hits / 500 <= 0.985, hits / 500
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.integers(1, 3000), st.data(), st.floats(0.51, 0.999))
+def test_the_interval_holds_the_point_estimate_and_stays_in_range(n, data, confidence):
+    """Any split of any number of rows (found by this test: -100.00000000000001 from rounding, fixed)."""
+    wins = data.draw(st.integers(0, n))
+    losses = data.draw(st.integers(0, n - wins))
+    variant, base = np.ones(n, bool), np.ones(n, bool)
+    base[:wins] = False
+    variant[wins:wins + losses] = False
+    rec = stats.paired_delta(variant, base, confidence, resamples=2000)
+    lo, hi = rec["delta_ci_pp"]
+    assert -100 <= lo <= rec["accuracy_delta_pp"] <= hi <= 100 and 0 <= rec["mcnemar_p"] <= 1
+    assert (rec["wins"], rec["losses"], rec["n_rows"]) == (wins, losses, n)
 
 
 def test_higher_confidence_is_a_wider_interval():

@@ -9,7 +9,7 @@ the batch has one row (Shape → Gather → Equal), run by ONNX Runtime in the b
 import numpy as np
 import pytest
 
-from kfopt import bench, report, select, variant
+from kfopt import bench, report, select, variant, verify
 from kfopt.data import dataset as ds_mod
 from kfopt.data import preprocess
 from kfopt.export import child_meta
@@ -63,11 +63,11 @@ def measured(tmp_path_factory):
                            child_meta(base, "onnx_batchy", technique="quantize", target="cpu"))
     summary = bench.run([root / "variants"], root / "dataset", root / "bench", baseline_dir=root / "variants" / "baseline",
                         batch_sizes=[1, 64], warmup=2, min_runs=6, max_seconds=0.2, log=lambda _: None)
-    return {row["name"]: row for row in summary["results"]}, len(ds.split("test")[1])
+    return {row["name"]: row for row in summary["results"]}, len(ds.split("test")[1]), root / "bench"
 
 
 def test_each_timed_batch_is_verified_on_calls_of_that_batch(measured):
-    rows, n_test = measured
+    rows, n_test, _ = measured
     batchy = rows["onnx_batchy"]["verification_by_batch"]
     assert set(batchy) == {"1", "64"}
     assert batchy["64"]["passed"] and not batchy["1"]["passed"]
@@ -79,7 +79,7 @@ def test_each_timed_batch_is_verified_on_calls_of_that_batch(measured):
 
 
 def test_wrong_at_batch_1_is_never_chosen_for_latency_1(measured):
-    rows, _ = measured
+    rows, _, _ = measured
     every = list(rows.values())
     assert select.choose(every, ["cpu"], {"cpu": "latency:1"})["cpu"]["chosen"] == "baseline"
     alone = [rows["onnx_batchy"]]
@@ -90,7 +90,7 @@ def test_wrong_at_batch_1_is_never_chosen_for_latency_1(measured):
 
 
 def test_the_report_shows_pass_at_one_batch_and_fail_at_another(measured):
-    rows, _ = measured
+    rows, _, _ = measured
     rep = {"rows": list(rows.values())}
     cells = {r[0]: r[6] for r in report.table_rows(rep)}
     assert cells["onnx_batchy"] == "pass, FAIL@1" and cells["baseline"] == "pass"
@@ -100,7 +100,7 @@ def test_the_report_shows_pass_at_one_batch_and_fail_at_another(measured):
 
 def test_every_record_has_the_paired_interval_on_every_test_row(measured):
     """The real bench records of a real ONNX variant: the delta's interval and the rows behind it, all of them."""
-    rows, n_test = measured
+    rows, n_test, _ = measured
     for name, row in rows.items():
         for record in (row["verification"], row["verification_by_batch"]["64"]):
             assert record["n_rows"] == n_test, name
@@ -108,6 +108,27 @@ def test_every_record_has_the_paired_interval_on_every_test_row(measured):
             assert lo <= record["accuracy_delta_pp"] <= hi and record["confidence"] == 0.95
             assert record["discordant"] == record["wins"] + record["losses"] and 0 <= record["mcnemar_p"] <= 1
     assert rows["baseline"]["verification"]["delta_ci_pp"] == [0.0, 0.0]
+
+
+def test_the_rendered_report_shows_the_interval_and_the_rows_too_few_to_tell(measured):
+    """The report built from the real bench results, with one row's verification replaced by a constructed
+    straddling one (3 of 360 rows lost against 0.5 pp): the cell, the budget sentence and the section."""
+    rows, n_test, bench_dir = measured
+    rep = report.build([bench_dir], "linear", ["cpu"])
+    n, classes = 360, 10
+    y = np.arange(n) % classes
+    onehot = np.eye(classes, dtype=np.float32)
+    lost = onehot[y].copy()
+    lost[:3] = onehot[(y[:3] + 1) % classes]
+    row = next(r for r in rep["rows"] if r["name"] == "onnx_batchy")
+    row["verification"] = verify.compare(lost, onehot[y], y, "multiclass", 0.5, 0.97)
+    md, text = report.markdown(rep), report.text_table(rep)
+    page = report.html_page(rep, md)
+    assert f"+0.00 pp [+0.00, +0.00], n={n_test}" in md  # the real baseline row
+    assert "-0.83 pp [" in md and "], n=360" in md and "pass (too few rows to tell)" in md
+    assert "more than the budget with 95% confidence" in md
+    for rendered in (md, text, page):
+        assert report.TOO_FEW_HEADING in rendered and "onnx_batchy: too few rows to tell" in rendered
 
 
 class _Rows:
