@@ -180,3 +180,14 @@ def test_the_confidence_is_a_pipeline_parameter():
     assert config.pipeline_params(config.from_dict({}))["verify_confidence"] == 0.95
     with pytest.raises(ConfigError, match="verify.confidence"):
         config.from_dict({"verify": {"confidence": "high"}})
+
+
+def test_the_cli_refuses_a_bad_confidence_with_one_line_and_writes_nothing(capsys, tmp_path):
+    from kfopt import cli
+
+    out = tmp_path / "pipeline.yaml"
+    code = cli.main(["compile", "--set", "verify.confidence=1", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("kfopt: error: ") and "verify.confidence must be a number in (0.5, 1)" in err
+    assert not out.exists()
