@@ -15,7 +15,10 @@ prune_low_magnitude with a PolynomialDecay schedule from 0 to s over the first R
 `end_step`, so end_step is a multiple of frequency within the ramp: the last mask update lands exactly
 on s before the recovery phase begins. The recovery phase (the masks no longer move) runs to early
 stopping on the validation loss (PATIENCE epochs, best weights restored) with the learning rate cut by
-LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases together.
+LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases together. What
+the model learns is half the labels, half the baseline's own probabilities (computed once per stage),
+as the torch pruners do: fine-tuning on labels alone recovers accuracy by answering differently from
+the baseline, and the in-stage check asks for its answers too (top-1 agreement).
 Seeded from the baseline's training seed; the epochs actually run are recorded. strip_pruning removes
 the wrappers before export. Only layers with a kernel tfmot knows how to prune (Conv*, Dense,
 DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer) are wrapped;
@@ -59,6 +62,7 @@ SEARCH_RULE = ("the most aggressive sparsity whose pruned model passes the in-st
 RAMP = 0.25  # share of prune.epochs (at least one epoch) over which the masks reach the target sparsity
 PATIENCE = 2  # recovery epochs without a better validation loss before it stops (best weights restored)
 LR_FACTOR = 0.3  # the recovery's learning rate is multiplied by this after an epoch without improvement
+HARD_WEIGHT = 0.5  # share of the labels in what the pruned model learns; the rest is the baseline's answers
 
 
 def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH) -> dict[str, int]:
@@ -101,15 +105,37 @@ def _layers(model):
             yield from _layers(layer)
 
 
-def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1):
-    """Prune to `sparsity` over the ramp, then recover to early stopping (module docstring); returns
-    (stripped model, schedule, pruned layers, recipe: epochs run, best recovery epoch, learning rates)."""
-    import tensorflow_model_optimization as tfmot
+def soft_targets(labels: np.ndarray, baseline_probs: np.ndarray) -> np.ndarray:
+    """What the pruned model learns: HARD_WEIGHT of the labels, the rest the baseline's own answers (its
+    probabilities), so recovering accuracy does not walk away from the answers the in-stage check compares."""
+    probs = np.asarray(baseline_probs, np.float32).reshape(len(labels), -1)  # binary: one column
+    onehot = (labels.reshape(probs.shape).astype(np.float32) if probs.shape[-1] == 1
+              else np.eye(probs.shape[-1], dtype=np.float32)[labels.astype(int)])
+    return HARD_WEIGHT * onehot + (1 - HARD_WEIGHT) * probs
 
-    from kfopt.frameworks import keras as adapter
+
+def _fit(model, x, y, validation, *, task: str, epochs: int, seed: int, callbacks: list):
     from kfopt.tfenv import keras
 
-    xt, _ = ds.split("train")
+    k = keras()
+    k.utils.set_random_seed(seed)
+    model.compile(optimizer=k.optimizers.Adam(LEARNING_RATE),
+                  loss="binary_crossentropy" if task == "binary" else "categorical_crossentropy")
+    history = model.fit(x, y, epochs=epochs, batch_size=FINE_TUNE_BATCH, verbose=0, shuffle=True,
+                        validation_data=validation, callbacks=callbacks)
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: int = 1,
+                baseline_probs: tuple[np.ndarray, np.ndarray] | None = None):
+    """Prune to `sparsity` over the ramp, then recover to early stopping (module docstring), learning the
+    soft_targets made of the baseline's (train, val) probabilities, or the labels alone without them.
+    Returns (stripped model, schedule, pruned layers, recipe: epochs run, best recovery epoch, rates)."""
+    import tensorflow_model_optimization as tfmot
+
+    from kfopt.tfenv import keras
+
+    (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
     steps = schedule_steps(len(xt), epochs)
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
                                                     end_step=steps["end_step"], frequency=steps["frequency"])
@@ -123,12 +149,20 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
     if not pruned_layers:
         raise ModelError("The model has no layer whose weights tfmot can prune (Conv, Dense, DepthwiseConv2D, "
                          "Embedding, recurrent); switch pruning off (prune_enabled=false).")
-    common = {"learning_rate": LEARNING_RATE, "batch_size": FINE_TUNE_BATCH, "seed": seed}
-    adapter.fine_tune(wrapped, ds, epochs=steps["ramp_epochs"], callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-                      **common)
-    plateau = keras().callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_FACTOR, patience=1)
-    history = adapter.fine_tune(wrapped, ds, epochs=steps["max_recovery_epochs"], patience=PATIENCE,
-                                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), plateau], **common)
+    if baseline_probs is None:
+        units = 1 if ds.schema.task == "binary" else ds.schema.num_classes
+        targets = [np.eye(units, dtype=np.float32)[y] if units > 1 else y.reshape(-1, 1).astype(np.float32)
+                   for y in (yt, yv)]
+    else:
+        targets = [soft_targets(y, probs) for y, probs in zip((yt, yv), baseline_probs)]
+    common = {"task": ds.schema.task, "seed": seed, "validation": (xv, targets[1])}
+    _fit(wrapped, xt, targets[0], epochs=steps["ramp_epochs"], callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+         **common)
+    k = keras()
+    history = _fit(wrapped, xt, targets[0], epochs=steps["max_recovery_epochs"], callbacks=[
+        tfmot.sparsity.keras.UpdatePruningStep(),
+        k.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE, restore_best_weights=True),
+        k.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_FACTOR, patience=1)], **common)
     val_loss = history["val_loss"]
     recipe = {"epochs_run": steps["ramp_epochs"] + len(val_loss), "recovery_epochs_run": len(val_loss),
               "best_recovery_epoch": int(np.argmin(val_loss)) + 1,
@@ -181,16 +215,22 @@ def why_not(parent: variant.VariantMeta) -> str | None:
 
 def _point(adapter, baseline_dir: Path, parent: variant.VariantMeta, ds: ds_mod.Dataset, ctx: passes.Context,
            epochs: int):
-    """The search's `make_point`: one pruned, fine-tuned model at a sparsity, saved and checked."""
+    """The search's `make_point`: one pruned, fine-tuned model at a sparsity, saved and checked. The
+    baseline answers the training split once for every point (its validation answers are the check's)."""
+    from kfopt import bench, formats
+
+    baseline_probs = (bench.predict_all(formats.load(baseline_dir), ds.split("train")[0]), ctx.check.reference)
 
     def make(sparsity: float, folder: Path) -> dict[str, Any]:
         model, steps, pruned_layers, recipe = prune_model(adapter.load(baseline_dir), ds, sparsity, epochs,
-                                                          seed=int(parent.params.get("seed", 1)))
+                                                          seed=int(parent.params.get("seed", 1)),
+                                                          baseline_probs=baseline_probs)
         measured = measured_sparsity(model, pruned_layers)
         meta = child_meta(parent, folder.name, technique="prune", params={
             "target_sparsity": sparsity, "max_epochs": epochs, "schedule": "PolynomialDecay", **steps,
-            "learning_rate": LEARNING_RATE, "recovery": f"early stopping on validation loss (patience {PATIENCE}, "
-                                                        f"best weights restored), learning rate x{LR_FACTOR:g} on a plateau"},
+            "learning_rate": LEARNING_RATE, "targets": f"labels x{HARD_WEIGHT:g} + the baseline's probabilities",
+            "recovery": f"early stopping on validation loss (patience {PATIENCE}, best weights restored), learning "
+                        f"rate x{LR_FACTOR:g} on a plateau"},
             extra={"sparsity": measured, "recipe": recipe})
         adapter.save(model, folder)
         variant.write(folder, meta)

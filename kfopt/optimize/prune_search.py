@@ -27,12 +27,24 @@ NONE_PASSED = ("no sparsity passed the in-stage check: the safest one tried is k
                "(the gate rejects it)")
 
 
+def kept(search: search_mod.Search, noise: float = 0.0) -> dict[str, Any] | None:
+    """The passing point best in the objective; points within `noise` (relative) of it count as equally good
+    and the most aggressive of them is kept (a latency 3% lower at a milder sparsity is timing noise)."""
+    best = search.best()
+    if best is None or not noise:
+        return best
+    limit = float(best[search.objective]) * (1 + noise)
+    return max((p for p in search.points if p.get("passed") and float(p[search.objective]) <= limit),
+               key=lambda p: float(p["setting"]))
+
+
 def run(space: Sequence[float], search: search_mod.Search, make_point: Callable[[float, Path], dict[str, Any]],
-        name: Callable[[float], str], points_dir: Path, out_dir: Path) -> variant.VariantMeta:
+        name: Callable[[float], str], points_dir: Path, out_dir: Path, noise: float = 0.0) -> variant.VariantMeta:
     """Search `space`; return the kept variant, moved to `out_dir / name(kept)` with the search on record.
 
     `make_point(sparsity, folder)` writes a checked variant (its in-stage check recorded) in `folder` and
-    returns the point's measured fields (the search's objective among them) for the record.
+    returns the point's measured fields (the search's objective among them) for the record; `noise` is
+    the objective's relative measurement noise (see `kept`).
     """
     folders: dict[str, Path] = {}
 
@@ -48,11 +60,11 @@ def run(space: Sequence[float], search: search_mod.Search, make_point: Callable[
         return point["passed"]
 
     search_mod.bisect_order(sorted(float(s) for s in space), try_point, search)
-    chosen = search.best()
-    kept = chosen or search.points[0]  # bisection tries the safest first
-    final = Path(out_dir) / folders[kept["setting"]].name
-    shutil.move(str(folders[kept["setting"]]), str(final))
+    chosen = kept(search, noise)
+    keep = chosen or search.points[0]  # bisection tries the safest first
+    final = Path(out_dir) / folders[keep["setting"]].name
+    shutil.move(str(folders[keep["setting"]]), str(final))
     shutil.rmtree(points_dir, ignore_errors=True)
     meta = variant.read(final)
-    meta.extra[search_mod.KEY] = search.record(kept, **({} if chosen else {"kept_because": NONE_PASSED}))
+    meta.extra[search_mod.KEY] = search.record(keep, **({} if chosen else {"kept_because": NONE_PASSED}))
     return variant.write(final, meta)
