@@ -122,10 +122,20 @@ def test_tpu_row_is_skipped_with_the_honest_reason(own, data, tmp_path):
 
 
 def test_structured_pruning_removes_channels_and_is_timed_against_unpruned(own, data, tmp_path):
-    from kfopt.optimize import prune
+    """Searched over two channel ratios (both within a budget that lets everything pass): the faster is kept,
+    the milder one counting as equally fast within timing noise, so the most aggressive wins a tie."""
+    from kfopt.optimize import prune, torch_prune
 
-    prune.run(own["dir"], data["std"], tmp_path / "pruned", sparsities=[0.5], epochs=2, calibration_samples=64)
+    prune.run(own["dir"], data["std"], tmp_path / "pruned", sparsities=[0.5, 0.25], epochs=2, calibration_samples=64,
+              accuracy_budget=100.0, min_agreement=0.0)
     meta = variant.read(tmp_path / "pruned" / "pruned_50")
+    assert not (tmp_path / "pruned" / "pruned_25").exists()
+    record = meta.extra["search"]
+    assert [p["setting"] for p in record["points"]] == ["0.25", "0.5"] and record["objective"] == "p50_ms"
+    mild, kept = record["points"]
+    assert kept["p50_ms"] <= mild["p50_ms"] * (1 + torch_prune.TIMING_NOISE) and kept["macs"] < mild["macs"]
+    assert all(1 <= p["epochs_run"] <= 2 and p["seconds"] > 0 for p in record["points"])
+    assert meta.extra["recipe"]["epochs_run"] == kept["epochs_run"]
     assert (meta.status, meta.format, meta.technique) == ("ok", "torch", "prune")
     assert meta.extra["macs_after"] < 0.5 * meta.extra["macs_before"]  # half the channels of both convolutions
     assert meta.extra["parameters_after"] < 0.5 * meta.extra["parameters_before"]

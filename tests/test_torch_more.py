@@ -86,6 +86,20 @@ def test_the_prune_chain_follows_both_kinds(pruned, data):
     assert variant.read(pruned["dir"] / "sparse_80_tflite_int8").skipped  # no direct TFLite for torch
 
 
+def test_a_spent_budget_tries_one_sparsity_and_names_the_rest(own, data, tmp_path):
+    """The global-magnitude search alone (no chain after it), its budget spent by the first point."""
+    from kfopt.optimize import torch_sparse
+
+    metrics = torch_sparse.run(own, data["std"], tmp_path / "s", sparsities=[0.8, 0.5, 0.9], epochs=2,
+                               calibration_samples=32, accuracy_budget=100.0, min_agreement=0.0, confidence=0.95, configs={}, chain=(),
+                               time_budget_s=0.001, log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["sparse_50"]
+    record = variant.read(tmp_path / "s" / "sparse_50").extra["search"]
+    assert [p["setting"] for p in record["points"]] == ["0.5"] and record["not_tried"] == ["0.8", "0.9"]
+    assert record["stopped"] == "time budget spent" and metrics["sparse_points_tried"] == 1
+    assert record["points"][0]["size_gzip_bytes"] == variant.read(tmp_path / "s" / "sparse_50").extra["size_gzip_bytes"]
+
+
 def _ctx(baseline, dataset, work):
     ds = ds_mod.read(dataset)
     return passes.Context(ds, calibration_set(ds, 64), InStageCheck.against_baseline(baseline, ds, 0.5, 0.97), work)

@@ -16,8 +16,11 @@ one thread), since removed channels buy speed. Only the kept one gets a variant 
 
 The pruned model is fine-tuned to recover the unpruned one's answers: the loss mixes the labels'
 cross-entropy with the unpruned model's softened outputs (kfopt.optimize.torch_distill.distill_into,
-temperature `TEMPERATURE`), and the epoch whose validation answers agree best with the unpruned model is kept,
-since top-1 agreement is what the check against the baseline asks for besides accuracy. It is then
+temperature `TEMPERATURE`, the unpruned model's outputs computed once for every point), to early stopping
+on the validation answers' agreement with the unpruned model (PATIENCE, the rate halved on plateaus,
+kfopt.optimize.recipe), whose best epoch is kept, since top-1 agreement is what the check against the
+baseline asks for besides accuracy. `prune.epochs` is the most it runs; each point starts from the
+unpruned model, seeded from the baseline's training seed. It is then
 checked against the baseline on the validation split like every pass. kfopt.json records the parameters and MACs before and after and the
 latency of pruned vs unpruned measured here in the same runtime (torch eager, one thread) at batch 1
 and 64, with `speeds_up` false when the pruning did not make it faster.
@@ -33,14 +36,17 @@ from typing import Any
 from kfopt import passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
-from kfopt.optimize import checks, prune_search, torch_distill
+from kfopt.optimize import checks, prune_search, recipe, torch_distill
 
 LEARNING_RATE = torch_distill.LEARNING_RATE
 TEMPERATURE = 2.0
 HARD_WEIGHT = 0.5  # of the labels' loss; the rest matches the unpruned model
 TIMED_BATCHES = (1, 64)
+TIMING_NOISE = 0.1  # p50 differences under 10% between two runs of the same work are noise on a shared CPU
+PATIENCE = 2  # fine-tuning epochs without a better validation agreement before it stops (kfopt.optimize.recipe)
 SEARCH_RULE = ("the most aggressive channel ratio whose pruned model passes the in-stage check (bisection, safest "
-               "first); the lowest torch eager p50 at batch 1 among the passing points")
+               "first): the lowest torch eager p50 at batch 1 among the passing points, those within "
+               f"{TIMING_NOISE:.0%} of it counted as equally fast and the most aggressive of them kept")
 
 
 def _prune(module, feature_shape, ratio: float):
@@ -103,20 +109,23 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
                                        confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
+        targets = torch_distill.teacher_outputs(unpruned, ds)  # once for every point
 
         def make(sparsity: float, folder: Path) -> dict[str, Any]:
             module = copy.deepcopy(unpruned)
             counts = _prune(module, shape, sparsity)
             history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
                                                  alpha=HARD_WEIGHT, seed=int(parent.params.get("seed", 1)),
-                                                 keep="agreement")
+                                                 keep="agreement", patience=PATIENCE, targets=targets)
             latency = _latency(unpruned, module, shape)
             meta = child_meta(parent, folder.name, technique="prune", params={
                 "method": "structured channel pruning (torch-pruning, dependency graph, L2 group magnitude)",
                 "channel_ratio": sparsity, "target_sparsity": sparsity, "max_epochs": epochs,
                 "learning_rate": LEARNING_RATE,
-                "fine_tune": f"labels + unpruned model's outputs (T={TEMPERATURE:g}), best validation agreement kept"},
-                extra={**counts, "latency_vs_unpruned": latency, "recipe": {"epochs_run": len(history["val_agreement"])},
+                "fine_tune": f"labels + unpruned model's outputs (T={TEMPERATURE:g}), to early stopping on validation "
+                             f"agreement (patience {PATIENCE}, rate halved on plateaus), best epoch kept"},
+                extra={**counts, "latency_vs_unpruned": latency,
+                       "recipe": recipe.summary(history, "val_agreement", epochs),
                        "val_agreement_with_unpruned": history["val_agreement"]})
             adapter.save(module, folder)
             variant.write(folder, meta)
@@ -125,7 +134,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
                     "parameters": counts["parameters_after"], "epochs_run": len(history["val_agreement"])}
 
         search = Search("sparsity", "p50_ms", SEARCH_RULE, time_budget_s)
-        meta = prune_search.run(sparsities, search, make, checks.pruned_name, Path(work) / "points", tmp)
+        meta = prune_search.run(sparsities, search, make, checks.pruned_name, Path(work) / "points", tmp,
+                                noise=TIMING_NOISE)
         name, counts, latency = meta.name, meta.extra, meta.extra["latency_vs_unpruned"]
         passes.follow(chain, tmp / name, tmp, ctx, configs)
         speed = latency[str(TIMED_BATCHES[-1])]["speedup"]

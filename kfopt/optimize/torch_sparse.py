@@ -5,8 +5,8 @@ within the time budget) for the most aggressive that passes the in-stage check; 
 gzipped size, which is all that zeros buy. At each s, `torch.nn.utils.prune.global_unstructured` (L1)
 ranks the weights of every convolution and linear layer together and masks the smallest fraction s of
 them, so layers with many small weights lose more than the rest. The masked model is fine-tuned with the masks in place
-(the loss of kfopt.optimize.torch_distill.distill_into: the labels plus the unpruned model's softened
-outputs, the epoch agreeing best with the unpruned model kept), then `prune.remove` makes the zeros
+(the loss and recipe of kfopt.optimize.torch_prune: the labels plus the unpruned model's softened
+outputs, to early stopping on agreement with the unpruned model, the best epoch kept), then `prune.remove` makes the zeros
 plain weights, so the saved `.pt2` is an ordinary fp32 program:
 
     sparse_<NN>              the kept sparsity's fp32 .pt2 (torch eager); sparsity per layer and overall, and size and
@@ -29,13 +29,13 @@ from typing import Any
 from kfopt import bench, passes, variant
 from kfopt.data import dataset as ds_mod
 from kfopt.export import child_meta
-from kfopt.optimize import prune_search, torch_distill, torch_prune
+from kfopt.optimize import prune_search, recipe, torch_distill, torch_prune
 
 TEMPERATURE = torch_prune.TEMPERATURE
 HARD_WEIGHT = torch_prune.HARD_WEIGHT
 SEARCH_RULE = ("the most aggressive sparsity whose pruned model passes the in-stage check (bisection, safest "
                "first); the smallest gzipped .pt2 among the passing points")
-TIMING_NOISE = 0.1  # p50 differences under 10% between two runs of the same work are noise on a shared CPU
+TIMING_NOISE = torch_prune.TIMING_NOISE
 
 
 def sparse_name(sparsity: float) -> str:
@@ -115,13 +115,14 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
                                        confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
+        targets = torch_distill.teacher_outputs(unpruned, ds)  # once for every point
 
         def make(sparsity: float, folder: Path) -> dict[str, Any]:
             module = copy.deepcopy(unpruned)
             layers = prune_globally(module, sparsity)
             history = torch_distill.distill_into(module, unpruned, ds, epochs=epochs, temperature=TEMPERATURE,
                                                  alpha=HARD_WEIGHT, seed=int(parent.params.get("seed", 1)),
-                                                 keep="agreement")
+                                                 keep="agreement", patience=torch_prune.PATIENCE, targets=targets)
             make_permanent(layers)
             measured = measured_sparsity(layers)
             latency = _no_faster(torch_prune._latency(unpruned, module, shape))
@@ -129,10 +130,10 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
                 "method": "unstructured global magnitude (torch.nn.utils.prune.global_unstructured, L1, "
                           "then prune.remove)", "target_sparsity": sparsity, "max_epochs": epochs,
                 "learning_rate": torch_distill.LEARNING_RATE,
-                "fine_tune": f"masks in place, labels + unpruned model's outputs (T={TEMPERATURE:g}), "
-                             "best validation agreement kept"},
+                "fine_tune": f"masks in place, labels + unpruned model's outputs (T={TEMPERATURE:g}), to early "
+                             f"stopping on validation agreement (patience {torch_prune.PATIENCE}), best epoch kept"},
                 extra={"sparsity": measured, "latency_vs_unpruned": latency,
-                       "recipe": {"epochs_run": len(history["val_agreement"])},
+                       "recipe": recipe.summary(history, "val_agreement", epochs),
                        "val_agreement_with_unpruned": history["val_agreement"]})
             adapter.save(module, folder)
             variant.write(folder, meta)
