@@ -28,8 +28,9 @@ and refuses a model holding one it does not know, e.g. Rescaling).
 Pruning needs the model's own code: the baseline's framework (kfopt.json) must have the "prune"
 capability, and tfmot prunes Keras models (a model of another framework gets skipped variants with
 the reason; kfopt's own torch models get structured channel pruning, kfopt.optimize.torch_prune, and
-global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each searched the same way and
-followed by CHAIN). The kept model's in-stage check against the baseline is recorded in its
+global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each searched the same way on half
+the stage's time budget and followed by CHAIN). The search's clock is the stage's (passes.Context.search):
+the ORT int8 search in the CHAIN starts no new setting once the sparsity search has spent the budget. The kept model's in-stage check against the baseline is recorded in its
 kfopt.json, so the int8 pass that follows it has only the rest of the accuracy budget.
 """
 
@@ -283,8 +284,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       confidence=confidence)
-        search = search_mod.Search("sparsity", "size_gzip_bytes", SEARCH_RULE, search_time_budget_s)
+                                       search_time_budget_s, confidence=confidence)
+        search = ctx.search("sparsity", "size_gzip_bytes", SEARCH_RULE)  # the chain's ORT search shares the clock
         meta = prune_search.run(sparsities, search, _point(frameworks.of(parent), baseline_dir, parent, ds, ctx, epochs),
                                 checks.pruned_name, Path(work) / "points", tmp)
         name = meta.name

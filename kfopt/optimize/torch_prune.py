@@ -99,14 +99,13 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
     import tempfile
 
     from kfopt.frameworks import torch as adapter
-    from kfopt.search import Search
 
     parent = variant.read(baseline_dir)
     with variant.staged_dir(Path(out_dir)) as tmp, tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       confidence=confidence)
+                                       time_budget_s, confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
         targets = torch_distill.teacher_outputs(unpruned, ds)  # once for every point
@@ -133,7 +132,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
             return {"p50_ms": latency[str(TIMED_BATCHES[0])]["pruned_p50_ms"], "macs": counts["macs_after"],
                     "parameters": counts["parameters_after"], "epochs_run": len(history["val_agreement"])}
 
-        search = Search("sparsity", "p50_ms", SEARCH_RULE, time_budget_s)
+        search = ctx.search("sparsity", "p50_ms", SEARCH_RULE)
         meta = prune_search.run(sparsities, search, make, checks.pruned_name, Path(work) / "points", tmp,
                                 noise=TIMING_NOISE)
         name, counts, latency = meta.name, meta.extra, meta.extra["latency_vs_unpruned"]

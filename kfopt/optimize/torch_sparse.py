@@ -103,7 +103,6 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
     import tempfile
 
     from kfopt.frameworks import torch as adapter
-    from kfopt.search import Search
 
     parent = variant.read(baseline_dir)
     unpruned_sizes = bench.sizes(Path(baseline_dir), parent)
@@ -112,7 +111,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
         start = time.perf_counter()
         ds = ds_mod.read(dataset_dir)
         ctx = passes.Context.for_stage(ds, baseline_dir, calibration_samples, accuracy_budget, min_agreement, work,
-                                       confidence=confidence)
+                                       time_budget_s, confidence=confidence)
         unpruned = adapter.load(baseline_dir)
         shape = list(unpruned.feature_shape)
         targets = torch_distill.teacher_outputs(unpruned, ds)  # once for every point
@@ -141,7 +140,7 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, sparsities: lis
             return {"sparsity": measured["overall"], "size_gzip_bytes": meta.extra["size_gzip_bytes"],
                     "epochs_run": len(history["val_agreement"])}
 
-        search = Search("sparsity", "size_gzip_bytes", SEARCH_RULE, time_budget_s)
+        search = ctx.search("sparsity", "size_gzip_bytes", SEARCH_RULE)
         meta = prune_search.run(sparsities, search, make, sparse_name, Path(work) / "points", tmp)
         name, latency = meta.name, meta.extra["latency_vs_unpruned"]
         for child in passes.follow(chain, tmp / name, tmp, ctx, configs):
