@@ -7,8 +7,8 @@ benchmark and the report pick them up with no special case:
     quantize  tflite_dynamic, tflite_fp16, tflite_int8, onnx_int8, onnx_int8_trt, tflite_qat_int8;
               for a torch baseline also torch_compile, pt2e_int8, pt2e_qat_int8
     prune     pruned_<NN> (fp32 SavedModel, or for torch a structurally pruned .pt2) + pruned_<NN>_tflite_int8,
-              pruned_<NN>_onnx_fp32, pruned_<NN>_onnx_int8, per target sparsity; for torch also
-              sparse_<NN> (global-magnitude pruning) and its chain
+              pruned_<NN>_onnx_fp32, pruned_<NN>_onnx_int8 for the sparsity its search kept (NN); for
+              torch also sparse_<NN> (global-magnitude pruning, searched the same way) and its chain
     distill   student (fp32 SavedModel or .pt2) + student_tflite_int8, student_onnx_fp32, student_onnx_int8
 
 The techniques themselves are passes (kfopt.passes): the stages get the model through the adapter of
