@@ -239,3 +239,24 @@ def test_the_sweep_reuses_known_batches_and_ends_below_a_batch_that_fails():
     assert timed == [2, 4, 8, 16]  # batch 1 was known: not timed again
     assert [p["batch"] for p in sweep["points"]] == [1, 2, 4, 8] and sweep["best_batch"] == 8
     assert sweep["stopped"] == "batch 16 failed: could not allocate the batch" and set(latency) == {"2", "4", "8"}
+
+
+@pytest.mark.parametrize("override, match", [("bench.threads=[1, -4]", "bench.threads must be a non-empty list"),
+                                             ("bench.threads=-1", "bench.threads must be a non-empty list")])
+def test_the_cli_refuses_bad_thread_counts_in_one_line(tmp_path, capsys, override, match):
+    from kfopt.cli import main
+
+    assert main(["run", "--runs-dir", str(tmp_path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfopt: error:") and match in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_cli_refuses_a_deployment_file_with_no_cores(tmp_path, capsys):
+    from kfopt.cli import main
+
+    path = _deployment(tmp_path, {"edge": {"cores": 0}})
+    assert main(["compile", "--deployment", str(path), "-o", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfopt: error:") and "'targets.edge.cores' is 0" in err and "Traceback" not in err
+    assert not (tmp_path / "p.yaml").exists()
