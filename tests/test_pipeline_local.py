@@ -1,6 +1,7 @@
 """The whole pipeline through the real kfp.local runner, on a small slice, checked via its report."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_report_files_and_kfp_artifacts(run_dir):
     md = (run_dir / "report.md").read_text()
     assert "| baseline |" in md
     details = md.split("## Technique details", 1)[1]
-    assert "pruned_80: sparsity 0.8" in details and "kept in float" in details
+    assert re.search(r"pruned_\d\d: sparsity 0\.\d", details) and "kept in float" in details  # the kept sparsity
     pipeline_root = run_dir / "pipeline"
     metrics = list(pipeline_root.rglob("report/metrics"))
     assert metrics and "baseline@cpu.accuracy" in json.loads(metrics[0].read_text())

@@ -16,9 +16,11 @@ prune_low_magnitude with a PolynomialDecay schedule from 0 to s over the first R
 on s before the recovery phase begins. The recovery phase (the masks no longer move) runs to early
 stopping on the validation loss (PATIENCE epochs, best weights restored) with the learning rate cut by
 LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases together. What
-the model learns is half the labels, half the baseline's own probabilities (computed once per stage),
-as the torch pruners do: fine-tuning on labels alone recovers accuracy by answering differently from
-the baseline, and the in-stage check asks for its answers too (top-1 agreement).
+the model learns is HARD_WEIGHT of the labels and the rest the baseline's own probabilities (computed
+once per stage), as the torch pruners mix them: fine-tuning on labels alone recovers accuracy by
+answering differently from the baseline, and the in-stage check asks for its answers too (top-1
+agreement). Measured on a 400-sample digits CNN at 50%: agreement 0.95 with half the labels, 0.983
+with a tenth (the check asks 0.97).
 Seeded from the baseline's training seed; the epochs actually run are recorded. strip_pruning removes
 the wrappers before export. Only layers with a kernel tfmot knows how to prune (Conv*, Dense,
 DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer) are wrapped;
@@ -63,7 +65,7 @@ SEARCH_RULE = ("the most aggressive sparsity whose pruned model passes the in-st
 RAMP = 0.25  # share of prune.epochs (at least one epoch) over which the masks reach the target sparsity
 PATIENCE = 2  # recovery epochs without a better validation loss before it stops (best weights restored)
 LR_FACTOR = 0.3  # the recovery's learning rate is multiplied by this after an epoch without improvement
-HARD_WEIGHT = 0.5  # share of the labels in what the pruned model learns; the rest is the baseline's answers
+HARD_WEIGHT = 0.1  # share of the labels in what the pruned model learns; the rest is the baseline's answers
 
 
 def schedule_steps(train_samples: int, epochs: int, batch: int = FINE_TUNE_BATCH) -> dict[str, int]:
