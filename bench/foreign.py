@@ -113,11 +113,11 @@ def pipeline_config(bundled_yaml: Path, name: str, npz: Path, model: Path, out: 
 
 
 def main(argv: list[str]) -> int:
-    """`python foreign.py NAME NPZ OUT_DIR`: make the data, train the model (the bench runs this in its own
-    process, so TensorFlow never loads into the bench's)."""
-    name, npz, out_dir = argv
+    """`python foreign.py NAME NPZ OUT_DIR [EPOCHS]`: make the data, train the model (the bench runs this in
+    its own process, so TensorFlow never loads into the bench's); EPOCHS 0 or absent: the model's default."""
+    name, npz, out_dir, epochs = (*argv, "0")[:4]
     digits32(Path(npz))
-    result = train(name, Path(npz), Path(out_dir))
+    result = train(name, Path(npz), Path(out_dir), epochs=int(epochs) or None)
     print(json.dumps(result))
     return 0
 

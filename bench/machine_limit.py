@@ -8,7 +8,8 @@ thread count), in each precision a kfopt variant computes in:
   limit is the faster of the two.
 The weights are initializers, as in a model. One call does 2·M·N·K operations (a multiply and an add
 per MAC); the rate is that over the p50 of `kfopt.bench.time_calls`, best of a few repeats (the
-ceiling is what the core can reach, and other jobs on a shared machine only ever slow it down).
+ceiling is what the core can reach, and other jobs on a shared machine only ever slow it down). The
+bench measures it before and after its configs and keeps the faster of the two (`best`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def measure(m: int = 256, k: int = 1024, n: int = 1024, *, threads: int = 1, rep
              "int8": max(kinds[x]["ops_per_s"] for x in KINDS if x.startswith("int8"))}
     return {"shape": {"m": m, "k": k, "n": n}, "ops_per_call": ops, "threads": threads,
             "runtime": f"onnxruntime {ort.__version__}", "kinds": kinds, "limit_ops_per_s": limit}
+
+
+def best(*runs: dict[str, Any]) -> dict[str, Any]:
+    """One result from several `measure` runs of the same layers: each kind's fastest, and every run's limits."""
+    kinds = {kind: max((r["kinds"][kind] for r in runs), key=lambda k: k["ops_per_s"]) for kind in KINDS}
+    limit = {"fp32": kinds["fp32"]["ops_per_s"],
+             "int8": max(kinds[x]["ops_per_s"] for x in KINDS if x.startswith("int8"))}
+    return {**runs[0], "kinds": kinds, "limit_ops_per_s": limit, "runs": [r["limit_ops_per_s"] for r in runs]}
 
 
 def precision_of(precision: str) -> str:

@@ -17,7 +17,7 @@ foreign.py) this script, in one run on this machine:
    1 and 64 (timing_worker.py);
 4. measures this core's matrix-multiply ceiling through ONNX Runtime (machine_limit.py) and reads the
    cpu choice's rate at batch 64 against it, its operations counted from its network's ONNX graph
-   (macs.py), and reads each pipeline stage's seconds from the run's log (stage_times.py);
+   (macs.py), and shows the pipeline's slowest stages (the run's report.json `stage_times`);
 5. prints medians, spreads, ratios, accuracies and sizes (tables.py), and writes
    bench-out/bench.json and bench-out/bench.md.
 
@@ -49,7 +49,6 @@ import foreign  # noqa: E402
 import machine_limit  # noqa: E402
 import macs  # noqa: E402
 import olive_env  # noqa: E402
-import stage_times  # noqa: E402
 import tables  # noqa: E402
 
 BUNDLED = ("digits_cnn", "breast_cancer_mlp", "digits_cnn_torch", "breast_cancer_mlp_torch")
@@ -101,7 +100,7 @@ def child_env(src: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
 
 
-def bring_model(src: Path, config: str, cfg_out: Path, log=print) -> tuple[str, dict[str, Any]]:
+def bring_model(src: Path, config: str, cfg_out: Path, epochs: int, log=print) -> tuple[str, dict[str, Any]]:
     """Train the foreign model `config` on 32×32 digits (its own process) and write its run config;
     returns the config's path for `kfopt run --config` and what was trained."""
     where = cfg_out / "brought"
@@ -109,7 +108,7 @@ def bring_model(src: Path, config: str, cfg_out: Path, log=print) -> tuple[str, 
     log(f"  training {foreign.MODELS[config][0]} on 32×32 digits (the model kfopt is then given)")
     start = time.perf_counter()
     with open(cfg_out / "train.log", "w") as handle:
-        proc = subprocess.run([sys.executable, str(BENCH / "foreign.py"), config, str(npz), str(where)],
+        proc = subprocess.run([sys.executable, str(BENCH / "foreign.py"), config, str(npz), str(where), str(epochs)],
                               cwd=src, env=child_env(src), stdout=handle, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise BenchError(f"training {config} failed (exit {proc.returncode}): "
@@ -296,7 +295,7 @@ def measure(models: list[dict], src: Path, cfg_out: Path, dataset_dir: Path, rou
 
 
 def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: int, settings: dict,
-                 overrides: list[str], log=print) -> dict[str, Any]:
+                 overrides: list[str], brought_epochs: int = 0, log=print) -> dict[str, Any]:
     from kfopt import bench as kbench
     from kfopt import formats, variant, verify
     from kfopt.data import dataset as ds_mod
@@ -310,7 +309,7 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     runs_dir = out / "runs" / config
     run_config = config
     if config in foreign.MODELS:
-        run_config, result["brought"] = bring_model(src, config, cfg_out, log)
+        run_config, result["brought"] = bring_model(src, config, cfg_out, brought_epochs, log)
     log(f"  pipeline, cold cache: kfopt run --config {run_config}" + "".join(f" --set {o}" for o in overrides))
     result["pipeline"] = {"cold": run_pipeline(src, run_config, runs_dir, overrides, cfg_out / "pipeline-cold.log")}
     log(f"    {result['pipeline']['cold']['command_seconds']} s; again with the cache warm")
@@ -318,8 +317,8 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
     log(f"    {result['pipeline']['warm']['command_seconds']} s")
 
     run_dir = Path(result["pipeline"]["cold"]["run_dir"])
-    result["stages"] = stage_times.of_run(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
+    result["stages"] = report.get("stage_times", [])  # kfopt.stage_times, from the run's pipeline.log
     variants, datasets = discover(run_dir)
     schema = json.loads((datasets["test"] / "schema.json").read_text())
     budget = report["budget"]
@@ -423,6 +422,15 @@ def operations(result: dict[str, Any], variants: dict[str, Path], metas: dict[st
             "limit_precision": machine_limit.precision_of(result["models"][chosen]["precision"]), **counted}
 
 
+def measure_limit() -> dict[str, Any]:
+    print("\nMachine limit: one fp32 and one int8 fully-connected layer in ONNX Runtime, 1 thread", flush=True)
+    start = time.perf_counter()
+    limit = machine_limit.measure(threads=THREADS)
+    limit["seconds"] = round(time.perf_counter() - start, 1)
+    print("  " + ", ".join(f"{k} {v / 1e9:.0f} Gop/s" for k, v in limit["limit_ops_per_s"].items()), flush=True)
+    return limit
+
+
 def overrides_for(config: str, pairs: list[str]) -> list[str]:
     """`--set` values for one config: unprefixed ones, and those prefixed with `config:`."""
     chosen = []
@@ -451,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="[CONFIG:]SECTION.KEY=VALUE",
                    help="passed to `kfopt run` (of CONFIG only, if given), e.g. "
                         "breast_cancer_mlp:distill.enabled=false; shown with the results")
+    p.add_argument("--brought-epochs", type=int, default=0,
+                   help="at most this many epochs training mobilenetv2/resnet50 (default 0: each model's own, "
+                        "with early stopping)")
     p.add_argument("--update-readme", action="store_true", help="write the figures into bench/README.md")
     args = p.parse_args(argv)
 
@@ -482,23 +493,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  FAILED: {exc}", flush=True)
 
     settings = {"warmup": 20, "min_runs": 30, "max_seconds": args.max_seconds, "target_ci": 0.02}
-    print("\nMachine limit: one fp32 and one int8 fully-connected layer in ONNX Runtime, 1 thread", flush=True)
-    start = time.perf_counter()
-    results["machine_limit"] = machine_limit.measure(threads=THREADS)
-    results["machine_limit"]["seconds"] = round(time.perf_counter() - start, 1)
-    print("  " + ", ".join(f"{k} {v / 1e9:.0f} Gop/s" for k, v in results["machine_limit"]["limit_ops_per_s"].items()),
-          flush=True)
+    limits = [measure_limit()]
     for config in args.configs:
         print(f"\n{config}", flush=True)
         start = time.perf_counter()
         try:
             results["configs"][config] = bench_config(config, src, out, olive, args.rounds, dict(settings),
-                                                      overrides_for(config, args.set),
+                                                      overrides_for(config, args.set), args.brought_epochs,
                                                       log=lambda msg: print(msg, flush=True))
         except (BenchError, OSError, KeyError, ValueError) as exc:
             results["configs"][config] = {"config": config, "fatal": f"{type(exc).__name__}: {exc}"}
             print(f"  FAILED: {exc}", flush=True)
         results["configs"][config]["seconds"] = round(time.perf_counter() - start, 1)
+    limits.append(measure_limit())
+    results["machine_limit"] = {**machine_limit.best(*limits), "seconds": round(sum(m["seconds"] for m in limits), 1)}
     results["total_seconds"] = round(time.perf_counter() - started, 1)
 
     markdown = tables.render(results)

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-import stage_times
-
 README_BEGIN = "<!-- bench:begin (written by `python bench/run_bench.py --update-readme`) -->"
 README_END = "<!-- bench:end -->"
 AGREEMENT = 0.8  # share of rounds that must agree on which side is faster for a clear reading
@@ -407,7 +405,9 @@ def _limit_section(results: dict) -> list[str]:
            f"The ceiling: one fully-connected layer ({shape['m']} × {shape['k']}) · ({shape['k']} × {shape['n']}) "
            f"in {limit['runtime']}, {limit['threads']} thread, its weights initializers; "
            f"{limit['ops_per_call'] / 1e9:.2f} G operations a call (2·M·N·K); p50 of kfopt.bench.time_calls, best "
-           "of 3 repeats. The int8 limit is the faster of MatMulInteger and QLinearMatMul (uint8 × int8).", "",
+           "of 3 repeats, measured before and after the configs (G op/s fp32 / int8: "
+           + "; ".join(f"{r['fp32'] / 1e9:.0f} / {r['int8'] / 1e9:.0f}" for r in limit.get("runs", []))
+           + "), the faster kept. The int8 limit is the faster of MatMulInteger and QLinearMatMul (uint8 × int8).", "",
            "| layer | p50 | G op/s |", "|---|---|---|"]
     out += [f"| {kind} | {fmt_ms(k['p50_ms'])} | {k['ops_per_s'] / 1e9:.1f} |" for kind, k in limit["kinds"].items()]
     out += ["", "The cpu choice's rate at batch 64: its multiply-accumulates per sample (Conv, Gemm, MatMul and "
@@ -437,13 +437,13 @@ def _limit_section(results: dict) -> list[str]:
 
 def _stages_section(results: dict) -> list[str]:
     out = ["## Slowest pipeline stages (cold run)", "",
-           "Each task's seconds from its start to its end line in the run's `pipeline.log` (kfp.local runs the "
-           "tasks one after another here).", "", "| config | pipeline | slowest stages |", "|---|---|---|"]
+           "The run's own time per stage (report.json `stage_times`: each task's start to end in kfp.local's log; "
+           "the tasks run one after another locally).", "", "| config | pipeline | slowest stages |", "|---|---|---|"]
     for name, r in results["configs"].items():
-        tasks = r.get("stages")
-        if not tasks:
+        timed = sorted((t for t in r.get("stages", []) if t.get("seconds") is not None), key=lambda t: -t["seconds"])
+        if not timed:
             continue
-        top = ", ".join(f"{t['task']} {t['seconds']:.0f} s" for t in stage_times.slowest(tasks))
+        top = ", ".join(f"{t['stage']} {t['seconds']:.0f} s" for t in timed[:5])
         out.append(f"| {name} | {r['pipeline']['cold']['pipeline_seconds']:.0f} s | {top} |")
     return out + [""]
 

@@ -1,5 +1,5 @@
 """The bench's own tools at a tiny scale, without a `make bench`: the MAC counter, the matrix-multiply
-ceiling, the stage-time reader, the figures' goal readings, and the model kfopt did not build that the
+ceiling, the figures' goal readings, and the model kfopt did not build that the
 bench trains (tf_keras.applications.MobileNetV2, alpha 0.5, on 32×32 digits) for `kfopt run --model`."""
 
 import sys
@@ -14,7 +14,6 @@ sys.path.insert(0, str(REPO / "bench"))
 import foreign  # noqa: E402
 import machine_limit  # noqa: E402
 import macs  # noqa: E402
-import stage_times  # noqa: E402
 import tables  # noqa: E402
 
 
@@ -88,19 +87,11 @@ def test_machine_limit_gives_positive_rates_per_precision():
     int8 = [result["kinds"][k]["ops_per_s"] for k in machine_limit.KINDS if k.startswith("int8")]
     assert result["limit_ops_per_s"] == {"fp32": result["kinds"]["fp32"]["ops_per_s"], "int8": max(int8)}
     assert machine_limit.precision_of("dynamic-int8") == "int8" and machine_limit.precision_of("fp16") == "fp32"
-
-
-def test_stage_times_from_the_run_log():
-    log = ("23:59:58.500 - INFO - Executing task \x1b[96m'train'\x1b[0m\n"
-           "  noise\n"
-           "00:00:10.000 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
-           "00:00:10.100 - INFO - Executing task 'prune'\n"
-           "00:00:40.100 - INFO - Task 'prune' finished with status FAILURE\n"
-           "00:00:41.000 - INFO - Executing task 'report'\n")
-    tasks = stage_times.parse(log)
-    assert [(t["task"], t["seconds"], t["status"]) for t in tasks] == [
-        ("train", 11.5, "SUCCESS"), ("prune", 30.0, "FAILURE"), ("report", None, "running")]
-    assert [t["task"] for t in stage_times.slowest(tasks, 1)] == ["prune"]
+    slower = {**result, "kinds": {k: {**v, "ops_per_s": v["ops_per_s"] / 2} for k, v in result["kinds"].items()}}
+    slower["limit_ops_per_s"] = {k: v / 2 for k, v in result["limit_ops_per_s"].items()}
+    kept = machine_limit.best(slower, result)
+    assert kept["limit_ops_per_s"] == result["limit_ops_per_s"] and kept["runs"] == [slower["limit_ops_per_s"],
+                                                                                        result["limit_ops_per_s"]]
 
 
 def _row(title, per_round):
