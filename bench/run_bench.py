@@ -53,7 +53,7 @@ import tables  # noqa: E402
 
 BUNDLED = ("digits_cnn", "breast_cancer_mlp", "digits_cnn_torch", "breast_cancer_mlp_torch")
 CONFIGS = BUNDLED + tuple(foreign.MODELS)
-DEFAULT_CONFIGS = BUNDLED + ("mobilenetv2",)  # resnet50 on request: its pipeline alone takes ~15 min here
+DEFAULT_CONFIGS = BUNDLED + ("mobilenetv2",)  # resnet50 on request: issue 12 measured its pipeline at 1,004 s here
 SNAPSHOT = ("kfopt", "pipelines", "components", "config")
 BATCHES = (1, 64)
 THREADS = 1  # as kfopt's reference configs benchmark (bench.threads: 1)
