@@ -98,8 +98,8 @@ class DistillConfig:
     student_width: list[float] = dataclasses.field(default_factory=lambda: [0.75, 0.5, 0.25])
     temperature: float = 4.0
     alpha: float = 0.1  # weight of the hard-label loss; 1 - alpha goes to matching the teacher
-    epochs: int = 30  # the most a student trains; early stopping on validation accuracy usually ends it sooner
-    patience: int = 5  # epochs without a better validation accuracy before it stops (the rate halves every 2)
+    epochs: int = 30  # the most a student trains; early stopping on the validation loss may end it sooner
+    patience: int = 5  # epochs without a lower validation loss before it stops (the rate halves every 2)
 
 
 @dataclasses.dataclass
@@ -439,8 +439,8 @@ PARAMS: list[tuple[str, str, str]] = [
     ("student_width", "distill.student_width", "Student widths searched (filters/units relative to the teacher, each in (0, 1); JSON list, e.g. [0.75, 0.5, 0.25]): bisection from the widest keeps the narrowest student that passes the in-stage check."),
     ("distill_temperature", "distill.temperature", "Distillation temperature (softens both distributions)."),
     ("distill_alpha", "distill.alpha", "Weight of the hard-label loss in [0, 1]; the rest matches the teacher."),
-    ("distill_epochs", "distill.epochs", "Most epochs a student trains (early stopping on validation accuracy, best weights kept)."),
-    ("distill_patience", "distill.patience", "Epochs without a better validation accuracy before a student's training stops; the learning rate halves every patience/2 of them."),
+    ("distill_epochs", "distill.epochs", "Most epochs a student trains (early stopping on the validation loss, best weights kept)."),
+    ("distill_patience", "distill.patience", "Epochs without a lower validation loss before a student's training stops; the learning rate halves every patience/2 of them."),
     ("search_time_budget_s", "search.time_budget_s", "Seconds each stage may spend searching its technique's knob (ORT int8 settings, sparsity, student width); no new point starts after it."),
     ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
     ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),

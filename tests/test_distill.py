@@ -38,8 +38,10 @@ def test_student_is_smaller_learns_and_enters_the_int8_chain(digits_small, tmp_p
     run = student.extra["recipe"]
     history = student.extra["history"]
     assert run["epochs_run"] == len(history["val_accuracy"]) == len(history["learning_rate"]) <= 8
-    assert run["best_val_accuracy"] == max(history["val_accuracy"])
-    assert history["val_accuracy"][run["best_epoch"] - 1] == run["best_val_accuracy"]
+    assert run["best_val_loss"] == min(history["val_loss"]) == history["val_loss"][run["best_epoch"] - 1]
+    assert run["stopped_early"] == (run["epochs_run"] < 8)
+    if run["stopped_early"]:  # then `patience` epochs without a lower loss followed the best
+        assert run["epochs_run"] - run["best_epoch"] == distill.PATIENCE
     (point,) = student.extra["search"]["points"]
     assert point["setting"] == "0.5" and point["epochs_run"] == run["epochs_run"]
 
@@ -100,6 +102,23 @@ def test_when_no_width_passes_the_widest_is_kept_with_its_failed_check(digits_sm
     assert "no width passed" in record["kept_failing"] and record["points"][0]["reason"]
 
 
+def test_a_loss_the_check_cannot_tell_from_noise_does_not_pass_the_search(digits_small):
+    """The in-stage check lets a 1-row loss on 75 rows through (too few rows to tell); keeping the narrowest
+    such student would pick the loss the noise hides, so the search asks the estimate to be within the budget."""
+    from kfopt.optimize import student_search
+
+    _, y = ds_mod.read(digits_small["dataset"]).split("val")
+    perfect = np.eye(10, dtype=np.float32)[y]
+    check = InStageCheck(np.zeros((len(y), 1), np.float32), y, perfect, "multiclass", 0.5, 0.97)
+    one_wrong = perfect.copy()
+    one_wrong[0] = np.roll(one_wrong[0], 1)
+    result = check.compare(one_wrong)
+    assert result["passed"] and result["accuracy_delta_pp"] < -0.5  # the check: not confidently beyond 0.5 pp
+    passed, reason = student_search._verdict(result, check.budget_left_pp)
+    assert not passed and "beyond the 0.5 pp budget left" in reason
+    assert student_search._verdict(check.compare(perfect), check.budget_left_pp)[0]
+
+
 def test_the_same_seed_trains_the_same_student(digits_small):
     teacher, ds = keras_adapter.load(digits_small["baseline"]), ds_mod.read(digits_small["dataset"])
     probs = distill.soft_targets(teacher, ds.split("train")[0])
@@ -114,18 +133,21 @@ def test_the_same_seed_trains_the_same_student(digits_small):
 def test_plateau_halves_the_rate_then_stops_and_names_the_best_epoch():
     plateau = recipe.Plateau(1e-3, patience=4)
     rates, improved = [], []
-    for score in (0.5, 0.7, 0.7, 0.6, 0.7, 0.65, 0.9):
-        improved.append(plateau.update(score))
+    history = {"val_accuracy": [0.5, 0.7, 0.7, 0.7, 0.6, 0.7, 0.65, 0.9], "val_loss": [1, .5, .4, .4, .6, .5, .5, .1]}
+    for epoch in range(len(history["val_accuracy"])):
+        improved.append(plateau.update(recipe.score(history, "val_accuracy", epoch)))
         rates.append(plateau.learning_rate)
         if plateau.stop:
             break
-    assert improved == [True, True, False, False, False, False]  # 0.7 again is no gain; stopped before the 0.9
-    assert rates == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4] and plateau.best_epoch == 2
+    # the same accuracy at a lower loss is a gain, at the same loss it is not; stopped before the 0.9
+    assert improved == [True, True, True, False, False, False, False]
+    assert rates == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4] and plateau.best_epoch == 3
     fixed = recipe.Plateau(1e-3, patience=None)  # the old recipe: every epoch, one rate
-    assert [fixed.update(s) for s in (0.5, 0.4, 0.3)] == [True, False, False]
+    assert [fixed.update((s,)) for s in (0.5, 0.4, 0.3)] == [True, False, False]
     assert not fixed.stop and fixed.learning_rate == 1e-3
-    summary = recipe.summary({"val_accuracy": [0.5, 0.7, 0.7], "learning_rate": [1e-3, 1e-3, 5e-4]}, "val_accuracy", 9)
-    assert summary["best_epoch"] == 2 and summary["stopped_early"] and summary["final_learning_rate"] == 5e-4
+    summary = recipe.summary({**history, "learning_rate": [1e-3] * 7 + [5e-4]}, "val_accuracy", 9)
+    assert summary["best_epoch"] == 8 and summary["stopped_early"] and summary["final_learning_rate"] == 5e-4
+    assert recipe.summary({k: v[:4] for k, v in history.items()}, "val_accuracy", 4)["best_epoch"] == 3
 
 
 def test_an_old_single_width_reads_as_a_one_point_search():

@@ -163,7 +163,7 @@ def test_distillation_into_a_narrower_torch_student(own, data, tmp_path):
     assert meta.extra["parameters"] < 0.5 * meta.extra["teacher_parameters"]
     program = torch_fmt.load_program(tmp_path / "d" / "student" / torch_fmt.FILENAME)
     assert program.state_dict["conv1.weight"].shape[0] == 16  # half of the teacher's 32 filters
-    assert meta.extra["recipe"]["best_val_accuracy"] == max(meta.extra["history"]["val_accuracy"])
+    assert meta.extra["recipe"]["best_val_loss"] == min(meta.extra["history"]["val_loss"])
     assert meta.extra["recipe"]["epochs_run"] == len(meta.extra["history"]["val_accuracy"]) <= 3
     assert [p["setting"] for p in meta.extra["search"]["points"]] == ["0.5"]
     assert variant.read(tmp_path / "d" / "student_onnx_fp32").status == "ok"

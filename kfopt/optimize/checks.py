@@ -66,6 +66,6 @@ def distill(student_width: float | Sequence[float], temperature: float, alpha: f
     if epochs < 1:
         raise ConfigError(f"distill_epochs must be at least 1, got {epochs}.")
     if patience < 1:
-        raise ConfigError(f"distill_patience must be at least 1 (epochs without a better validation accuracy "
+        raise ConfigError(f"distill_patience must be at least 1 (epochs without a lower validation loss "
                           f"before a student's training stops), got {patience}.")
     return widths

@@ -14,7 +14,7 @@ check is kept, and every width tried is recorded in its kfopt.json (`extra["sear
 
 where *_T are the distributions softened at temperature T (from log-probabilities, as the models end
 in softmax/sigmoid). The teacher's probabilities on the training split are computed once per stage and
-shared by every width. Each student trains to early stopping on validation accuracy with the learning
+shared by every width. Each student trains to early stopping on the validation loss with the learning
 rate halved on plateaus (kfopt.optimize.recipe), `distill.epochs` at most, best weights restored, seeded
 from the baseline's training seed. Variants (of the kept student only):
 
@@ -54,7 +54,7 @@ DISTILLS = ("keras",)
 WIDTHS = (0.75, 0.5, 0.25)
 LEARNING_RATE = 1e-3  # the start: it halves on validation plateaus (kfopt.optimize.recipe)
 PATIENCE = 5
-SCHEDULE = "Adam, halved after patience/2 epochs without a better validation accuracy; stop after patience"
+SCHEDULE = "Adam, halved after patience/2 epochs without a lower validation loss; stop after patience"
 EPS = 1e-7
 
 
@@ -138,6 +138,14 @@ def _losses(task: str, temperature: float, alpha: float):
     return loss
 
 
+def _label_loss(probs: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The cross-entropy of probabilities against the labels: the validation loss early stopping watches."""
+    if task == "binary":
+        p = np.clip(probs.reshape(-1), EPS, 1 - EPS)
+        return float(-np.mean(np.where(y.reshape(-1) == 1, np.log(p), np.log(1 - p))))
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y.astype(int)], EPS, 1.0))))
+
+
 def soft_targets(teacher, x: np.ndarray) -> np.ndarray:
     """The teacher's probabilities on the training rows: computed once per stage, shared by every width tried.
 
@@ -153,7 +161,7 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
                   patience: int | None = PATIENCE, seed: int = 1, teacher_probs: np.ndarray | None = None):
     """Train the student to early stopping; returns (student with its best validation weights, history).
 
-    `epochs` is the most it trains; it stops after `patience` epochs without a better validation accuracy
+    `epochs` is the most it trains; it stops after `patience` epochs without a lower validation loss
     (None: runs them all), the learning rate halving on plateaus (kfopt.optimize.recipe). The same seed gives
     the same student. `teacher_probs` are the teacher's outputs on the training split (soft_targets).
     """
@@ -180,16 +188,17 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
         optimizer.apply_gradients(zip(tape.gradient(loss, student.trainable_variables), student.trainable_variables))
         return loss
 
-    history: dict[str, list[float]] = {"loss": [], "val_accuracy": [], "learning_rate": []}
+    history: dict[str, list[float]] = {"loss": [], "val_accuracy": [], "val_loss": [], "learning_rate": []}
     best_weights = student.get_weights()
     for _ in range(epochs):
         optimizer.learning_rate.assign(plateau.learning_rate)
         history["learning_rate"].append(plateau.learning_rate)
         losses = [float(step(x, y, tp)) for x, y, tp in data]
-        acc = verify.quality(adapter.predict(student, xv), yv, ds.schema.task)["accuracy"]
+        probs = adapter.predict(student, xv)
         history["loss"].append(float(np.mean(losses)))
-        history["val_accuracy"].append(acc)
-        if plateau.update(acc):
+        history["val_accuracy"].append(verify.quality(probs, yv, ds.schema.task)["accuracy"])
+        history["val_loss"].append(_label_loss(probs, yv, ds.schema.task))
+        if plateau.update(recipe.score(history, student_search.MONITOR)):
             best_weights = student.get_weights()
         if plateau.stop:
             break

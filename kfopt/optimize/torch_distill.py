@@ -7,7 +7,7 @@ filters/units; the width is searched as for a Keras student (kfopt.optimize.stud
 widest, the narrowest passing the in-stage check kept). Its loss mixes the labels' cross-entropy (weight
 `alpha`) with the teacher's outputs softened by `temperature` (Hinton's KD, scaled by T²). The teacher's
 outputs are computed once per stage (`teacher_outputs`) and shared by every width; each student trains to
-early stopping on validation accuracy with the learning rate halved on plateaus (kfopt.optimize.recipe),
+early stopping on the validation loss with the learning rate halved on plateaus (kfopt.optimize.recipe),
 best weights restored, seeded from the baseline's training seed. Then the distill stage's CHAIN follows
 (ONNX export → ORT int8; TFLite int8 is skipped with the reason, a torch student has no direct TFLite path).
 """
@@ -70,10 +70,11 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
                  alpha: float, keep: str = "accuracy", patience: int | None = None,
                  targets: TeacherOutputs | None = None) -> dict[str, list[float]]:
     """Train `student` on the labels (weight `alpha`) and `teacher`'s softened outputs; keep the epoch with the
-    best validation `keep` ("accuracy", or "agreement" with the teacher). Returns both per epoch.
+    best validation `keep` ("accuracy", "agreement" with the teacher, or the lowest "loss"). Returns them per epoch.
 
     `patience` None runs every epoch at a constant learning rate; a number stops after that many epochs
-    without a better `keep`, the rate halving on plateaus (kfopt.optimize.recipe). `targets` are the
+    without a better `keep` (an accuracy's ties broken by the validation loss), the rate halving on plateaus
+    (kfopt.optimize.recipe). `targets` are the
     teacher's outputs computed once (teacher_outputs); without them the teacher runs here.
     """
     import torch
@@ -87,7 +88,7 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
     plateau = recipe.Plateau(LEARNING_RATE, patience)
     optimizer = torch.optim.Adam(student.parameters(), lr=LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
-    history: dict[str, list[float]] = {"val_accuracy": [], "val_agreement": [], "learning_rate": []}
+    history: dict[str, list[float]] = {"val_accuracy": [], "val_agreement": [], "val_loss": [], "learning_rate": []}
     best_state = None
     for _ in range(epochs):
         for group in optimizer.param_groups:
@@ -108,10 +109,15 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
             (alpha * hard + (1 - alpha) * kd * temperature ** 2).backward()
             optimizer.step()
         student.eval()
-        got = _answers(student, x_val, binary)
+        with torch.no_grad():
+            z = student.logits(x_val)
+        got = (z.squeeze(-1) > 0).long() if binary else z.argmax(-1)
+        loss = (F.binary_cross_entropy_with_logits(z.squeeze(-1), y_val.float()) if binary
+                else F.cross_entropy(z, y_val))
         history["val_accuracy"].append(round(float((got == y_val).float().mean()), 4))
         history["val_agreement"].append(round(float((got == targets.val_answers).float().mean()), 4))
-        if plateau.update(history[f"val_{keep}"][-1]):
+        history["val_loss"].append(round(float(loss), 5))
+        if plateau.update(recipe.score(history, f"val_{keep}")):
             best_state = copy.deepcopy(student.state_dict())
         if plateau.stop:
             break
@@ -142,7 +148,8 @@ def searched_student(teacher, architecture: str, ds: ds_mod.Dataset, ctx: passes
         torch.manual_seed(seed)  # the same initial weights for the same width and seed
         student = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
         history = distill_into(student, teacher, ds, epochs=epochs, seed=seed, temperature=temperature,
-                               alpha=alpha, patience=patience, targets=targets)
+                               alpha=alpha, keep=student_search.MONITOR.removeprefix("val_"), patience=patience,
+                               targets=targets)
         return student_search.Student(student, _count(student), history, adapter.predict(student, ctx.check.x))
 
     return student_search.search(widths, train, ctx, epochs, teacher_outputs_seconds=teacher_seconds)
