@@ -82,3 +82,15 @@ def count(model_or_path) -> dict[str, Any]:
         by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
         counted += 1
     return {"macs": sum(by_op.values()), "by_op": by_op, "nodes": counted, "unknown": unknown}
+
+
+def op_counts(model_or_path) -> dict[str, int]:
+    """Nodes per op type as stored: where two ONNX graphs of one network differ (an exporter's leftovers that
+    a graph optimizer removes and that keep ONNX Runtime from fusing, for one) shows here."""
+    import onnx
+
+    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -399,6 +399,8 @@ def bench_config(config: str, src: Path, out: Path, olive: dict | None, rounds: 
         result["models"][m["name"]] = row
     result["comparisons"] = tables.comparisons(result)
     result["operations"] = operations(result, variants, metas)
+    result["graphs"] = {n: macs.op_counts(Path(result["models"][n]["dir"]) / "model.onnx")
+                        for n in (result["kfopt_best_onnx"], "olive_best") if n in result["models"]}
     return result
 
 

@@ -280,6 +280,13 @@ def _config_section(result: dict) -> list[str]:
                    f"accuracy {best['metrics']['accuracy-accuracy_score']:.4f} "
                    f"(its input: {fmt_ms(olive['input_metrics']['latency-p50'])}, "
                    f"{olive['input_metrics']['accuracy-accuracy_score']:.4f}).")
+    graphs = result.get("graphs", {})
+    if len(graphs) == 2:
+        (a, ca), (b, cb) = graphs.items()
+        differ = [f"{op} {ca.get(op, 0)} vs {cb.get(op, 0)}" for op in sorted(set(ca) | set(cb))
+                  if ca.get(op, 0) != cb.get(op, 0)]
+        out.append(f"- The two ONNX graphs as stored: {a} {sum(ca.values())} nodes, {b} {sum(cb.values())}"
+                   + (f"; they differ in {', '.join(differ)}" if differ else "; the same op types and counts"))
     load = result.get("load_average")
     if load:
         out.append(f"- Load average (1 min) on this machine's {load['cores']} cores while timing: "

@@ -48,6 +48,7 @@ def test_mac_counter_on_a_graph_with_known_macs():
     counted = macs.count(_small_cnn())
     assert counted["by_op"] == {"Conv": 6912 + 576, "Gemm": 640, "MatMul": 50}
     assert counted["macs"] == 8178 and counted["nodes"] == 4 and counted["unknown"] == []
+    assert macs.op_counts(_small_cnn()) == {"Conv": 2, "Relu": 1, "Flatten": 1, "Gemm": 1, "MatMul": 1}
 
 
 def test_mac_counter_reads_an_int8_graph_like_its_fp32_one(tmp_path):
