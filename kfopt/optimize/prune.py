@@ -158,16 +158,32 @@ def prune_model(model, ds: ds_mod.Dataset, sparsity: float, epochs: int, seed: i
                    for y in (yt, yv)]
     else:
         targets = [soft_targets(y, probs) for y, probs in zip((yt, yv), baseline_probs)]
-    common = {"task": ds.schema.task, "seed": seed, "validation": (xv, targets[1])}
-    _fit(wrapped, xt, targets[0], epochs=steps["ramp_epochs"], callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-         **common)
+    ramp = steps["ramp_epochs"]
     k = keras()
-    history = _fit(wrapped, xt, targets[0], epochs=steps["max_recovery_epochs"], callbacks=[
-        tfmot.sparsity.keras.UpdatePruningStep(),
-        k.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE, restore_best_weights=True),
-        k.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_FACTOR, patience=1)], **common)
-    val_loss = history["val_loss"]
-    recipe = {"epochs_run": steps["ramp_epochs"] + len(val_loss), "recovery_epochs_run": len(val_loss),
+
+    class AfterRamp(k.callbacks.ReduceLROnPlateau):
+        """Reduce-on-plateau that leaves the ramp alone (its loss rises with the sparsity, by design), and a
+        fresh Adam for the recovery: the moments gathered while the masks moved describe another network."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == ramp:
+                for v in self.model.optimizer.variables:
+                    v.assign(np.zeros(v.shape, v.dtype.as_numpy_dtype))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch >= ramp:
+                super().on_epoch_end(epoch, logs)
+
+    # one fit (one traced training graph, which costs more than the epochs on a small split); the early
+    # stopping and the learning-rate schedule watch the recovery epochs only
+    history = _fit(wrapped, xt, targets[0], task=ds.schema.task, seed=seed, validation=(xv, targets[1]),
+                   epochs=epochs, callbacks=[
+                       tfmot.sparsity.keras.UpdatePruningStep(),
+                       k.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE, restore_best_weights=True,
+                                                 start_from_epoch=ramp),
+                       AfterRamp(monitor="val_loss", factor=LR_FACTOR, patience=1)])
+    val_loss = history["val_loss"][ramp:]
+    recipe = {"epochs_run": ramp + len(val_loss), "recovery_epochs_run": len(val_loss),
               "best_recovery_epoch": int(np.argmin(val_loss)) + 1,
               "recovery_val_loss": [round(v, 5) for v in val_loss],
               "learning_rates": [float(f"{v:.3g}") for v in history.get("lr", [])]}
