@@ -13,15 +13,17 @@ The recipe per point, from the baseline each time (so a point does not depend on
 prune_low_magnitude with a PolynomialDecay schedule from 0 to s over the first RAMP of `prune.epochs`
 (at least one epoch). tfmot updates masks only on steps that are multiples of `frequency` up to
 `end_step`, so end_step is a multiple of frequency within the ramp: the last mask update lands exactly
-on s before the recovery phase begins. The recovery phase (the masks no longer move) runs to early
-stopping on the validation loss (PATIENCE epochs, best weights restored) with the learning rate cut by
-LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases together. What
+on s before the recovery phase begins. The recovery phase (the masks no longer move; Adam starts afresh)
+runs to early stopping on the validation loss (PATIENCE epochs, best weights restored) with the learning
+rate cut by LR_FACTOR when the loss stops improving, `prune.epochs` being the maximum of both phases
+together. Both phases are one Keras fit: tracing the wrapped model's training graph costs more than the
+epochs on a small split (a brought MobileNetV2: 41.7 s a point with two fits, 22.4 s with one). What
 the model learns is HARD_WEIGHT of the labels and the rest the baseline's own probabilities (computed
 once per stage), as the torch pruners mix them: fine-tuning on labels alone recovers accuracy by
 answering differently from the baseline, and the in-stage check asks for its answers too (top-1
 agreement). Measured on a 400-sample digits CNN at 50%: agreement 0.95 with half the labels, 0.983
-with a tenth (the check asks 0.97).
-Seeded from the baseline's training seed; the epochs actually run are recorded. strip_pruning removes
+with a tenth (the check asks 0.97). Seeded from the baseline's training seed; the epochs actually run,
+the recovery's losses and learning rates are recorded (kfopt.json `extra["recipe"]`). strip_pruning removes
 the wrappers before export. Only layers with a kernel tfmot knows how to prune (Conv*, Dense,
 DepthwiseConv2D, SeparableConv*, Embedding, recurrent cells, or a user's PrunableLayer) are wrapped;
 preprocessing, normalization and other layers are left as they are (tfmot's default wraps every layer
@@ -32,8 +34,9 @@ capability, and tfmot prunes Keras models (a model of another framework gets ski
 the reason; kfopt's own torch models get structured channel pruning, kfopt.optimize.torch_prune, and
 global-magnitude pruning to sparse_<NN>, kfopt.optimize.torch_sparse, each searched the same way on half
 the stage's time budget and followed by CHAIN). The search's clock is the stage's (passes.Context.search):
-the ORT int8 search in the CHAIN starts no new setting once the sparsity search has spent the budget. The kept model's in-stage check against the baseline is recorded in its
-kfopt.json, so the int8 pass that follows it has only the rest of the accuracy budget.
+the ORT int8 search in the CHAIN starts no new setting once the sparsity search has spent the budget.
+The kept model's in-stage check against the baseline is recorded in its kfopt.json, so the int8 pass
+that follows it has only the rest of the accuracy budget.
 """
 
 from __future__ import annotations
