@@ -189,6 +189,16 @@ def test_when_no_sparsity_passes_the_safest_is_kept_with_its_failed_check(prepro
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pruned_95"] and not (tmp_path / "points").exists()
 
 
+def test_a_point_whose_estimate_is_beyond_the_budget_left_does_not_pass_the_search():
+    """The check lets a loss through when the interval straddles the budget; the search's most-aggressive rule
+    would pick exactly such points, so it also asks for the estimate within the budget left."""
+    check = {"passed": True, "reason": "too few rows to tell", "accuracy_delta_pp": -1.5, "budget_left_pp": 0.5}
+    passed, reason = prune_search.verdict(check)
+    assert not passed and "-1.50 pp is beyond the 0.5 pp budget left" in reason
+    assert prune_search.verdict({**check, "accuracy_delta_pp": -0.4}) == (True, "too few rows to tell")
+    assert prune_search.verdict({**check, "passed": False, "reason": "agreement"}) == (False, "agreement")
+
+
 def test_a_residual_net_kfopt_did_not_build_goes_through_the_search(preprocessing_model, tmp_path):
     """A torchvision-style block written here in tf-keras (conv-BN-ReLU, a depthwise convolution, a 1x1
     projection added back to its input), brought as a file. A MobileNetV2 (tf_keras.applications) takes

@@ -8,6 +8,11 @@ baseline there; only the kept one moves to the stage's output and gets the CHAIN
 pipeline does not grow with the space. Every point tried, with its check, objective and seconds, goes
 into the kept variant's kfopt.json `extra["search"]`.
 
+A point passes when its in-stage check passes *and* its accuracy-delta estimate is within the budget
+left (as for the distill stage's width search, kfopt.optimize.student_search): the check rejects only a
+loss confidently beyond the budget, so on a small validation split it lets through points that lose
+more, and a search keeping the most aggressive passing point would pick exactly those.
+
 When no point passes, the safest one tried is kept: its failed check is on record (and the gate, which
 no stage can skip, rejects it), and the record says so.
 """
@@ -25,6 +30,18 @@ from kfopt.passes.check import KEY as CHECK_KEY
 
 NONE_PASSED = ("no sparsity passed the in-stage check: the safest one tried is kept, its failed check on record "
                "(the gate rejects it)")
+
+
+def verdict(check: dict[str, Any]) -> tuple[bool, str]:
+    """(passed for the search, why) from a recorded in-stage check: its verdict, and the estimate within the
+    budget left."""
+    if not check["passed"]:
+        return False, check["reason"]
+    if check["accuracy_delta_pp"] < -check["budget_left_pp"]:
+        return False, (f"the check passed ({check['reason']}), but the estimate {check['accuracy_delta_pp']:+.2f} pp is "
+                       f"beyond the {check['budget_left_pp']:g} pp budget left: the search keeps only a sparsity whose "
+                       "estimate is within it")
+    return True, check["reason"]
 
 
 def kept(search: search_mod.Search, noise: float = 0.0) -> dict[str, Any] | None:
@@ -53,9 +70,10 @@ def run(space: Sequence[float], search: search_mod.Search, make_point: Callable[
         folder = Path(points_dir) / name(sparsity)
         fields = make_point(sparsity, folder)
         check = variant.read(folder, verify=False).extra[CHECK_KEY]
-        point = search.add(sparsity, passed=bool(check["passed"]), accuracy_delta_pp=round(check["accuracy_delta_pp"], 4),
-                           agreement=round(check["agreement"], 4), reason=check["reason"], **fields,
-                           seconds=round(time.perf_counter() - start, 2))
+        passed, reason = verdict(check)
+        point = search.add(sparsity, passed=passed, check_passed=bool(check["passed"]), reason=reason,
+                           accuracy_delta_pp=round(check["accuracy_delta_pp"], 4),
+                           agreement=round(check["agreement"], 4), **fields, seconds=round(time.perf_counter() - start, 2))
         folders[point["setting"]] = folder
         return point["passed"]
 
