@@ -95,10 +95,10 @@ def test_a_tiny_time_budget_stops_after_the_first_point(digits_small, tmp_path):
 def test_when_no_width_passes_the_widest_is_kept_with_its_failed_check(digits_small, tmp_path):
     teacher, ds = keras_adapter.load(digits_small["baseline"]), ds_mod.read(digits_small["dataset"])
     ctx = _context(ds, teacher, tmp_path, accuracy_budget=0.0, min_agreement=1.0)  # one epoch cannot match it
-    width, kept, record = _search(teacher, ds, ctx, (0.5, 0.25))
+    width, kept, record = _search(teacher, ds, ctx, (0.25, 0.125))
     # the widest failed, so no narrower one is worth training
-    assert [(p["setting"], p["passed"]) for p in record["points"]] == [("0.5", False)]
-    assert width == 0.5 and record["chosen"] is None and record["kept"] == "0.5"
+    assert [(p["setting"], p["passed"]) for p in record["points"]] == [("0.25", False)]
+    assert width == 0.25 and record["chosen"] is None and record["kept"] == "0.25"
     assert "no width passed" in record["kept_failing"] and record["points"][0]["reason"]
 
 
@@ -226,6 +226,13 @@ def test_tied_channel_counts_scale_together():
     assert tuple(reshape.get_config()["target_shape"]) == (1, 1, 16)
     assert student(np.zeros((2, 8, 8, 4), np.float32)).shape == (2, 5)
     assert student.count_params() < 0.4 * teacher.count_params()
+    # the student starts from the teacher's leading channels, consistently across the tied layers
+    assert distill.inherit_weights(student, teacher) == 6
+    kernel = {layer.name: layer.get_weights()[0] for layer in student.layers if layer.get_weights()}
+    given = {layer.name: layer.get_weights()[0] for layer in teacher.layers if layer.get_weights()}
+    np.testing.assert_array_equal(kernel["conv"], given["conv"][:, :, :, :16])
+    np.testing.assert_array_equal(kernel["se_expand"], given["se_expand"][:, :, :4, :16])
+    np.testing.assert_array_equal(kernel["head"], given["head"][:8, :])
 
 
 def test_student_of_an_efficientnet():

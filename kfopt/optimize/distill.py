@@ -14,7 +14,10 @@ check is kept, and every width tried is recorded in its kfopt.json (`extra["sear
 
 where *_T are the distributions softened at temperature T (from log-probabilities, as the models end
 in softmax/sigmoid). The teacher's probabilities on the training split are computed once per stage and
-shared by every width. Each student trains to early stopping on the validation loss with the learning
+shared by every width. A student starts from the teacher's own weights, the leading channels of each
+layer (`inherit_weights`), not from a random draw: measured on a brought MobileNetV2 (alpha 0.5, 32×32
+digits), the width-0.75 student lost 5.9 pp from scratch in 23 epochs and 1.1 pp inherited in 16; on the
+digits CNN the three-width search took 11.5 s of training instead of 29 s. Each student trains to early stopping on the validation loss with the learning
 rate halved on plateaus (kfopt.optimize.recipe), `distill.epochs` at most, best weights restored, seeded
 from the baseline's training seed. Variants (of the kept student only):
 
@@ -55,6 +58,7 @@ WIDTHS = (0.75, 0.5, 0.25)
 LEARNING_RATE = 1e-3  # the start: it halves on validation plateaus (kfopt.optimize.recipe)
 PATIENCE = 5
 SCHEDULE = "Adam, halved after patience/2 epochs without a lower validation loss; stop after patience"
+INIT = "the teacher's leading channels of every layer (inherit_weights)"
 EPS = 1e-7
 
 
@@ -146,6 +150,25 @@ def _label_loss(probs: np.ndarray, y: np.ndarray, task: str) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y.astype(int)], EPS, 1.0))))
 
 
+def inherit_weights(student, teacher) -> int:
+    """Start the student from the teacher: each of its weight tensors the leading slice of the teacher's.
+
+    Tied channel counts shrink together (kfopt.optimize.channels), so taking the first k channels
+    everywhere keeps every connection consistent: a layer's first k outputs feed the next layer's first k
+    inputs, both sides of a residual add hold the same k. (A Dense after a Flatten gets rows that are not
+    its channels' own, a teacher-scaled start the training corrects.) Returns the layers inherited.
+    """
+    inherited = 0
+    for mine, theirs in zip(student.layers, teacher.layers):  # one architecture: the same layers in order
+        own, given = mine.get_weights(), theirs.get_weights()
+        if not own or len(own) != len(given) or any(
+                a.ndim != b.ndim or any(m > t for m, t in zip(a.shape, b.shape)) for a, b in zip(own, given)):
+            continue
+        mine.set_weights([b[tuple(slice(0, n) for n in a.shape)] for a, b in zip(own, given)])
+        inherited += 1
+    return inherited
+
+
 def soft_targets(teacher, x: np.ndarray) -> np.ndarray:
     """The teacher's probabilities on the training rows: computed once per stage, shared by every width tried.
 
@@ -158,10 +181,12 @@ def soft_targets(teacher, x: np.ndarray) -> np.ndarray:
 
 
 def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: float, alpha: float, epochs: int,
-                  patience: int | None = PATIENCE, seed: int = 1, teacher_probs: np.ndarray | None = None):
+                  patience: int | None = PATIENCE, seed: int = 1, teacher_probs: np.ndarray | None = None,
+                  inherit: bool = True):
     """Train the student to early stopping; returns (student with its best validation weights, history).
 
-    `epochs` is the most it trains; it stops after `patience` epochs without a lower validation loss
+    The student starts from the teacher's leading channels (`inherit`; False: a fresh draw). `epochs` is the
+    most it trains; it stops after `patience` epochs without a lower validation loss
     (None: runs them all), the learning rate halving on plateaus (kfopt.optimize.recipe). The same seed gives
     the same student. `teacher_probs` are the teacher's outputs on the training split (soft_targets).
     """
@@ -172,6 +197,8 @@ def distill_model(teacher, ds: ds_mod.Dataset, *, width: float, temperature: flo
     t, k = tf(), keras()
     k.utils.set_random_seed(seed)
     student = student_like(teacher, width)
+    if inherit:
+        inherit_weights(student, teacher)
     (xt, yt), (xv, yv) = ds.split("train"), ds.split("val")
     if teacher_probs is None:
         teacher_probs = soft_targets(teacher, xt)
@@ -257,6 +284,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
     parent = variant.read(baseline_dir)
     recipe_params = {"temperature": temperature, "alpha": alpha, "epochs": epochs, "patience": patience,
                      "learning_rate": LEARNING_RATE, "schedule": SCHEDULE, "searched_widths": list(widths)}
+    if parent.framework != "torch":
+        recipe_params["init"] = INIT
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "distill"):
         from kfopt.optimize import torch_distill  # kfopt's own torch model: a narrower torch student
 
