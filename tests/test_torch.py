@@ -187,6 +187,10 @@ def test_torch_width_search_asks_the_teacher_once_and_keeps_the_narrowest_passin
     assert [p["setting"] for p in record["points"]] == ["0.75", "0.25"] and width == 0.25 == float(record["kept"])
     assert record["points"][0]["parameters"] > kept.parameters == record["points"][1]["parameters"]
     assert kept.model.conv1.weight.shape[0] == 8  # a quarter of the teacher's 32 filters
+    fresh = torch_architectures.build("digits_cnn", ds.schema.feature_shape, 10, 0.25)
+    teacher = adapter.load(own["dir"])
+    assert torch_distill.inherit_weights(fresh, teacher) == len(fresh.state_dict())  # starts from the teacher
+    assert torch.equal(fresh.conv1.weight, teacher.conv1.weight[:8, :])
     assert all(p["passed"] and 1 <= p["epochs_run"] <= 2 and p["seconds"] > 0 for p in record["points"])
 
 

@@ -6,7 +6,8 @@ A student is `torch_architectures.build(architecture, width=...)`: the same laye
 filters/units; the width is searched as for a Keras student (kfopt.optimize.student_search: bisection from the
 widest, the narrowest passing the in-stage check kept). Its loss mixes the labels' cross-entropy (weight
 `alpha`) with the teacher's outputs softened by `temperature` (Hinton's KD, scaled by T²). The teacher's
-outputs are computed once per stage (`teacher_outputs`) and shared by every width; each student trains to
+outputs are computed once per stage (`teacher_outputs`) and shared by every width; each student starts from
+the teacher's leading channels (`inherit_weights`) and trains to
 early stopping on the validation loss with the learning rate halved on plateaus (kfopt.optimize.recipe),
 best weights restored, seeded from the baseline's training seed. Then the distill stage's CHAIN follows
 (ONNX export → ORT int8; TFLite int8 is skipped with the reason, a torch student has no direct TFLite path).
@@ -127,6 +128,21 @@ def distill_into(student, teacher, ds: ds_mod.Dataset, *, epochs: int, seed: int
     return history
 
 
+def inherit_weights(student, teacher) -> int:
+    """Start the student from the teacher: each tensor of its state the leading slice of the teacher's (the
+    first k channels everywhere keep every connection, as for a Keras student). Returns the tensors inherited."""
+    own, given = student.state_dict(), teacher.state_dict()
+    inherited = 0
+    for name, tensor in own.items():
+        source = given.get(name)
+        if source is None or source.ndim != tensor.ndim or any(m > t for m, t in zip(tensor.shape, source.shape)):
+            continue
+        own[name] = source[tuple(slice(0, n) for n in tensor.shape)].clone()
+        inherited += 1
+    student.load_state_dict(own)
+    return inherited
+
+
 def _count(module) -> int:
     return sum(int(p.numel()) for p in module.parameters())
 
@@ -147,6 +163,7 @@ def searched_student(teacher, architecture: str, ds: ds_mod.Dataset, ctx: passes
     def train(width: float) -> student_search.Student:
         torch.manual_seed(seed)  # the same initial weights for the same width and seed
         student = torch_architectures.build(architecture, ds.schema.feature_shape, ds.schema.num_classes, width)
+        inherit_weights(student, teacher)
         history = distill_into(student, teacher, ds, epochs=epochs, seed=seed, temperature=temperature,
                                alpha=alpha, keep=student_search.MONITOR.removeprefix("val_"), patience=patience,
                                targets=targets)
@@ -177,7 +194,8 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, widths: tuple[f
         xt, yt = ds.split("test")
         test_acc = verify.quality(adapter.predict(kept.model, xt), yt, ds.schema.task)["accuracy"]
         meta = child_meta(parent, "student", technique="distill", params={
-            "student_width": width, **recipe_params, "learning_rate": LEARNING_RATE, "seed": seed}, extra={
+            "student_width": width, **recipe_params, "learning_rate": LEARNING_RATE, "seed": seed,
+            "init": "the teacher's leading channels of every tensor (inherit_weights)"}, extra={
             "parameters": kept.parameters, "teacher_parameters": _count(teacher), "test_accuracy": test_acc,
             "recipe": recipe.summary(kept.history, student_search.MONITOR, recipe_params["epochs"]),
             "history": kept.history, search.KEY: record})
