@@ -8,7 +8,8 @@ has no graph to derive from: its student variants are skipped with that reason.
 
 The width is searched (kfopt.optimize.student_search): `distill.student_width` is the space, tried by
 bisection from the widest within `search.time_budget_s`; the narrowest student that passes the in-stage
-check is kept, and every width tried is recorded in its kfopt.json (`extra["search"]`). Loss per batch:
+check with its accuracy-delta estimate within the budget is kept, and every width tried is recorded in
+its kfopt.json (`extra["search"]`). Loss per batch:
 
     alpha * CE(labels, student) + (1 - alpha) * T^2 * CE(teacher_T, student_T)
 
@@ -17,9 +18,10 @@ in softmax/sigmoid). The teacher's probabilities on the training split are compu
 shared by every width. A student starts from the teacher's own weights, the leading channels of each
 layer (`inherit_weights`), not from a random draw: measured on a brought MobileNetV2 (alpha 0.5, 32×32
 digits), the width-0.75 student lost 5.9 pp from scratch in 23 epochs and 1.1 pp inherited in 16; on the
-digits CNN the three-width search took 11.5 s of training instead of 29 s. Each student trains to early stopping on the validation loss with the learning
-rate halved on plateaus (kfopt.optimize.recipe), `distill.epochs` at most, best weights restored, seeded
-from the baseline's training seed. Variants (of the kept student only):
+digits CNN the three-width search took 11.5 s of training instead of 29 s. Each student trains to
+early stopping on the validation loss with the learning rate halved on plateaus (kfopt.optimize.recipe),
+`distill.epochs` at most, best weights restored, seeded from the baseline's training seed. Variants (of
+the kept student only):
 
     student              fp32 SavedModel
     student_tflite_int8  its full-integer int8 TFLite
@@ -284,8 +286,6 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
     parent = variant.read(baseline_dir)
     recipe_params = {"temperature": temperature, "alpha": alpha, "epochs": epochs, "patience": patience,
                      "learning_rate": LEARNING_RATE, "schedule": SCHEDULE, "searched_widths": list(widths)}
-    if parent.framework != "torch":
-        recipe_params["init"] = INIT
     if enabled and parent.framework == "torch" and not passes.lacks(parent, "distill"):
         from kfopt.optimize import torch_distill  # kfopt's own torch model: a narrower torch student
 
@@ -312,15 +312,15 @@ def run(baseline_dir: Path, dataset_dir: Path, out_dir: Path, *, enabled: bool =
         width, kept, record = searched_student(teacher, ds, ctx, widths, temperature=temperature, alpha=alpha,
                                                epochs=epochs, patience=patience, seed=seed)
         meta = student_meta(parent, kept, width, int(teacher.count_params()), ds, adapter,
-                            {**recipe_params, "seed": seed}, record)
+                            {**recipe_params, "seed": seed, "init": INIT}, record)
         adapter.save(kept.model, tmp / "student")
         variant.write(tmp / "student", meta)
         ctx.check.record(tmp / "student")
         seconds = round(time.perf_counter() - start, 2)
         made = passes.follow(CHAIN, tmp / "student", tmp, ctx, configs)
     return {"student_width": width, "widths_tried": len(record["points"]), "student_parameters": kept.parameters,
-            "teacher_parameters": meta.extra["teacher_parameters"], "student_test_accuracy": meta.extra["test_accuracy"],
-            "distill_seconds": seconds, "variants": 1 + len(made)}
+            "teacher_parameters": meta.extra["teacher_parameters"],
+            "student_test_accuracy": meta.extra["test_accuracy"], "distill_seconds": seconds, "variants": 1 + len(made)}
 
 
 def student_meta(parent: variant.VariantMeta, kept: student_search.Student, width: float, teacher_parameters: int,

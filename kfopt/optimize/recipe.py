@@ -8,9 +8,10 @@ breaking ties. A student monitors the loss: on a few hundred validation rows acc
 of a row or two and jitters while the model still improves, and a plateau rule fed that jitter halves
 the rate and stops too soon (measured on the digits student, width 0.5: patience 5 on accuracy, even
 with the loss breaking ties, stopped at epoch 10 with the best at epoch 5, 0.74 pp short of the
-teacher; its validation loss kept falling until epoch 26, which matched the teacher). Reduce-on-plateau rather than cosine decay because the run length is not known in advance: a
-cosine schedule over the maximum epoch count would still be at a high rate when early stopping ends
-the run. Framework-free, so the Keras and torch students share it.
+teacher; its validation loss kept falling until epoch 26, which matched the teacher).
+Reduce-on-plateau rather than cosine decay because the run length is not known in advance: a cosine
+schedule over the maximum epoch count would still be at a high rate when early stopping ends the run.
+Framework-free, so the Keras and torch students share it (and torch pruning's recovery fine-tune).
 """
 
 from __future__ import annotations
