@@ -104,7 +104,7 @@ class DistillConfig:
 
 @dataclasses.dataclass
 class SearchConfig:
-    time_budget_s: float = 60.0  # per stage: no new point of a technique's search starts after this (kfopt.search)
+    time_budget_s: float = 60.0  # per search of a stage: no new point starts after this (kfopt.search)
 
 
 @dataclasses.dataclass
@@ -441,7 +441,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("distill_alpha", "distill.alpha", "Weight of the hard-label loss in [0, 1]; the rest matches the teacher."),
     ("distill_epochs", "distill.epochs", "Most epochs a student trains (early stopping on the validation loss, best weights kept)."),
     ("distill_patience", "distill.patience", "Epochs without a lower validation loss before a student's training stops; the learning rate halves every patience/2 of them."),
-    ("search_time_budget_s", "search.time_budget_s", "Seconds each stage may spend searching its technique's knob (ORT int8 settings, sparsity, student width); no new point starts after it."),
+    ("search_time_budget_s", "search.time_budget_s", "Seconds each search of a stage may spend (ORT int8 settings, sparsity, student width; each search runs at least its first point); no new point starts after it."),
     ("tensorrt_enabled", "tensorrt.enabled", "Build TensorRT engines (GPU pool; a parse/build proof or skipped without a GPU)."),
     ("tensorrt_min_batch", "tensorrt.min_batch", "Smallest batch of the TensorRT engines' optimization profile."),
     ("tensorrt_opt_batch", "tensorrt.opt_batch", "Batch the TensorRT engines are tuned for (min <= opt <= max)."),

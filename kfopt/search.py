@@ -3,8 +3,9 @@
 Accuracy-aware tuning, the way Intel Neural Compressor and Olive do it: a pass with a knob (ORT int8
 settings, pruning sparsity, student width) makes a candidate per setting, checks it against the
 baseline (kfopt.passes.check.InStageCheck) and measures what it is searched for (latency or size),
-then keeps the best setting that passed. A search never starts a new point once the stage's time
-budget (`search.time_budget_s`, a pipeline parameter) is spent; the points not tried are named.
+then keeps the best setting that passed. A search never starts a new point once its time budget
+(`search.time_budget_s`, a pipeline parameter, given to each search of a stage) is spent; the points
+not tried are named.
 
 The record goes into the kept variant's kfopt.json as `extra["search"]`, the report draws it (a
 table and a plot of the points tried, the kept one marked), and the same shape serves every pass:
@@ -32,7 +33,7 @@ KEY = "search"  # where kfopt.json records it
 
 def check_budget(seconds: float) -> None:
     if not seconds > 0:
-        raise ConfigError(f"search.time_budget_s must be > 0 seconds (the time one stage may spend searching a "
+        raise ConfigError(f"search.time_budget_s must be > 0 seconds (the time one search of a stage may spend on a "
                           f"technique's knob), got {seconds}.")
 
 
