@@ -420,7 +420,7 @@ PARAMS: list[tuple[str, str, str]] = [
     ("mixed_precision", "train.mixed_precision", "none, mixed_bfloat16 (bf16 autocast; faster for Keras on this CPU, slower for torch: measure with bench/train_bench.py) or mixed_float16 (GPU)."),
     ("train_seed", "train.seed", "Seed of weight initialisation and shuffling."),
     ("train_workers", "train.workers", "Data-parallel training workers (torch: DistributedDataParallel; Keras: MultiWorkerMirroredStrategy; batch_size is the global batch). 1 trains in the stage's own process."),
-    ("train_engine", "train.engine", "Where train_workers > 1 trains: local (worker processes inside the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the deployment's gpu pool: runtime torch-distributed for torch, kfopt-tensorflow-distributed for Keras)."),
+    ("train_engine", "train.engine", "Where train_workers > 1 trains: local (worker processes in the train stage's pod) or trainjob (a Kubeflow Trainer TrainJob on the deployment's gpu pool, on the runtime torch-distributed for torch and on kfopt-tensorflow-distributed for Keras)."),
     ("train_namespace", "train.namespace", "Namespace of the TrainJob (train_engine trainjob)."),
     ("train_timeout_s", "train.timeout_s", "Seconds the train stage waits for its TrainJob to complete."),
     ("export_tflite", "export.tflite", "Export the baseline as a float32 TFLite variant."),

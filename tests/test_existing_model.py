@@ -68,7 +68,7 @@ def test_mobilenet_goes_through_every_technique(mobilenet):
     common = {"calibration_samples": 16, "accuracy_budget": 100.0, "min_agreement": 0.0}
     quantize.run(base, data, root / "quantized", qat_epochs=1, **common)
     prune.run(base, data, root / "pruned", sparsities=[0.5], epochs=2, **common)
-    distill.run(base, data, root / "distilled", epochs=1, **common)
+    distill.run(base, data, root / "distilled", epochs=1, student_width=[0.75, 0.5], **common)
     x, y = ds_mod.read(data).split("test")
     base_probs = bench.predict_all(formats.load(base), x)
     names = set()

@@ -12,7 +12,8 @@ from kfopt.cli import main
 pytestmark = pytest.mark.slow
 
 SMALL = ["--set", "data.limit=400", "--set", "train.epochs=4", "--set", "bench.max_seconds=0.2",
-         "--set", "augment.factor=0.5"]
+         "--set", "augment.factor=0.5",  # searches kept small here: the full spaces are what make run exercises
+         "--set", "prune.sparsities=[0.5, 0.8]", "--set", "distill.student_width=[0.5, 0.25]"]
 
 
 @pytest.fixture(scope="module")

@@ -587,6 +587,7 @@ def test_breast_cancer_mlp_torch_through_kfp_local(tmp_path):
 
     small = ["--set", "train.epochs=5", "--set", "bench.max_seconds=0.1", "--set", "bench.batch_sizes=[1, 64]",
              "--set", "prune.sparsities=[0.5]", "--set", "prune.epochs=2", "--set", "distill.epochs=3",
+             "--set", "distill.student_width=[0.5]",
              "--set", "tensorrt.enabled=false", "--set", "openvino.enabled=false"]
     assert main(["run", "--config", "breast_cancer_mlp_torch", "--runs-dir", str(tmp_path), *small]) == 0
     report = json.loads(((tmp_path / "latest").resolve() / "report.json").read_text())
