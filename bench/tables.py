@@ -263,7 +263,8 @@ def _config_section(result: dict) -> list[str]:
         b = result["brought"]
         out.append(f"- The model, which kfopt did not build: {b['model']}, {b['parameters']:,} parameters, trained by the "
                    f"bench on the pipeline's own training split ({b['train_rows']} rows; Adam {b['learning_rate']:g}, "
-                   f"{b['epochs_run']} epochs to early stopping on the validation loss, BatchNormalization momentum "
+                   f"{b['epochs_run']} of at most {b['epochs_max']} epochs, early stopping on the validation loss, "
+                   f"BatchNormalization momentum "
                    f"{b['bn_momentum']}), test accuracy {b['test_accuracy']:.4f}; given to the pipeline with "
                    "`kfopt run --model` (data as given, no normalization)")
     if result.get("kfopt_best_onnx"):
