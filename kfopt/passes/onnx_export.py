@@ -1,7 +1,7 @@
 """ONNX fp32 of any variant that holds its framework's own model (the baseline, a pruned model, a student).
 
 The adapter of the variant's source framework exports it (kfopt.frameworks: `export_onnx`, dynamic
-batch), so the ONNX passes (ort_int8, ort_int8_trt, OpenVINO) can follow any model. The export stage
+batch), the peephole clean-up (kfopt.formats.onnx_peephole) removes what the converter left behind, so the ONNX passes (ort_int8, ort_int8_trt, OpenVINO) can follow any model. The export stage
 makes the baseline's `onnx_fp32` with it; prune and distill chain it before ort_int8.
 """
 
@@ -14,6 +14,7 @@ from kfopt import frameworks, variant
 from kfopt.errors import ConfigError, KfoptError
 from kfopt.export import child_meta
 from kfopt.formats import onnx as onnx_fmt
+from kfopt.formats import onnx_peephole
 from kfopt.passes import Context, knob, lineage, technique
 
 NAME = "onnx_export"
@@ -64,7 +65,10 @@ def export(parent_dir: Path, out_dir: Path, cfg: Config, model=None) -> variant.
     model = adapter.load(parent_dir) if model is None else model
     meta = child_meta(parent, name_for(parent), technique=technique(parent, TECHNIQUE), precision=PRECISION,
                       target=TARGET, params={"opset": cfg.opset})
-    return onnx_fmt.write_variant(adapter.export_onnx(model, parent.input, cfg.opset), out_dir, meta)
+    features = tuple(1 if d is None else int(d) for d in parent.input.shape[1:])
+    proto, meta.extra["peephole"] = onnx_peephole.optimize(adapter.export_onnx(model, parent.input, cfg.opset),
+                                                           features)
+    return onnx_fmt.write_variant(proto, out_dir, meta)
 
 
 def run(parent_dir: Path, out_dir: Path, ctx: Context, cfg: Config) -> variant.VariantMeta:
