@@ -65,7 +65,8 @@ def test_provided_model_becomes_the_baseline(mobilenet):
 @pytest.mark.slow
 def test_mobilenet_goes_through_every_technique(mobilenet):
     root, data, base = mobilenet["root"], mobilenet["dataset"], mobilenet["baseline"]
-    common = {"calibration_samples": 16, "accuracy_budget": 100.0, "min_agreement": 0.0}
+    common = {"calibration_samples": 16, "accuracy_budget": 100.0, "min_agreement": 0.0,
+              "ort_search": ()}  # one ORT int8 form: the search itself is tested on a MobileNetV2 in test_ort_search
     quantize.run(base, data, root / "quantized", qat_epochs=1, **common)
     prune.run(base, data, root / "pruned", sparsities=[0.5], epochs=2, **common)
     distill.run(base, data, root / "distilled", epochs=1, student_width=[0.75, 0.5], **common)
